@@ -1,0 +1,264 @@
+r"""Times registered attention ops against dense cuDNN attention in the same process.
+
+    python -m experiments.bench_attention --ops=dense:xla --shapes=s16k --name=dense_16k
+    python -m experiments.bench_attention \
+        --ops=llsa:pallas_gpu/levels=2/topk=8,llsa --shapes=dit256,dit512 --name=llsa
+
+Each entry of --ops is `name[:implementation][/key=value...]` (keyword arguments of the op).
+For every shape, each entry first passes a correctness gate — its output and, when the
+backward is timed, its gradients against the op's own "xla" reference computed in float32 on
+the same inputs — and only then is timed: forward and forward+backward (a VJP with a random
+cotangent), median over --samples after warm-up, each sample --inner back-to-back calls ended
+by block_until_ready. Ratios are baseline time / op time (> 1: faster than the baseline).
+
+The baseline is --baseline (dense cuDNN); where it cannot run (CPU, float32) the first
+baseline implementation that can is used and named in the output. Results go to
+`<results_dir>/<device>/<name>.json` with the device, jax version, shapes, dtype, median
+times, ratios, gate errors and XLA's compiled buffer sizes. Shapes: see SHAPES or `BxNxHxD`.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import datetime
+import json
+import math
+import pathlib
+import re
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+
+import lla.attention as attention
+
+SHAPES = {
+    "tiny": (1, 256, 2, 32),
+    "small": (1, 2048, 4, 64),
+    "s16k": (1, 16384, 6, 64),
+    "dit256": (1, 65536, 6, 64),
+    "dit512": (1, 262144, 6, 64),
+    "dit1024": (1, 1048576, 6, 64),
+    "b2h4": (2, 65536, 4, 64),
+    "h64": (1, 65536, 64, 64),
+}
+GATE_BOUND = {"float32": 1e-4, "bfloat16": 3e-2, "float16": 1e-2}
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("ops", "dense", "entries name[:implementation][/key=value...], comma separated")
+flags.DEFINE_list("shapes", ["s16k"], f"named shapes {sorted(SHAPES)} or BxNxHxD")
+flags.DEFINE_string("baseline", "dense:cudnn,dense:xla", "baseline entries, first that runs wins")
+flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float16", "float32"], "input dtype")
+flags.DEFINE_list("modes", ["fwd", "fwd_bwd"], "what to time: fwd, fwd_bwd")
+flags.DEFINE_integer("samples", 20, "timed samples per measurement (the median is reported)")
+flags.DEFINE_integer("warmup", 3, "untimed calls before sampling")
+flags.DEFINE_float("sample_seconds", 0.02, "target length of one sample (sets --inner)")
+flags.DEFINE_string("name", None, "results file name (default: from ops and dtype)")
+flags.DEFINE_string("results_dir", "experiments/results", "results root; <device>/ is added")
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One thing to time: an op, an implementation (None = dispatch) and keyword arguments."""
+
+    op: str
+    implementation: str | None
+    kwargs: tuple[tuple[str, object], ...]
+
+    @classmethod
+    def parse(cls, text: str) -> Entry:
+        head, *pairs = text.strip().split("/")
+        op, _, implementation = head.partition(":")
+        attention.get(op)  # unknown names fail here, listing the registered ones
+        kwargs = []
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep:
+                raise ValueError(f"--ops entry {text!r}: expected key=value, got {pair!r}")
+            try:
+                kwargs.append((key, ast.literal_eval(value)))
+            except (ValueError, SyntaxError):
+                kwargs.append((key, value))
+        return cls(op, implementation or None, tuple(kwargs))
+
+    def __str__(self) -> str:
+        label = self.op + (f":{self.implementation}" if self.implementation else "")
+        return label + "".join(f"/{k}={v}" for k, v in self.kwargs)
+
+    def function(self, *, reference: bool = False):
+        """`f(q, k, v)` running this entry, or with `reference` the op's "xla" implementation."""
+        op = attention.get(self.op)
+        implementation = "xla" if reference else self.implementation
+        return lambda q, k, v: op(q, k, v, implementation=implementation, **dict(self.kwargs))
+
+
+def parse_shape(name: str) -> tuple[int, int, int, int]:
+    if name in SHAPES:
+        return SHAPES[name]
+    if re.fullmatch(r"\d+x\d+x\d+x\d+", name):
+        return tuple(int(x) for x in name.split("x"))
+    raise ValueError(f"unknown shape {name!r}: use one of {sorted(SHAPES)} or BxNxHxD")
+
+
+def device_slug() -> str:
+    """'nvidia_h100_80gb_hbm3', 'cpu', ...: the results folder for this machine."""
+    device = jax.devices()[0]
+    kind = device.platform if device.platform == "cpu" else device.device_kind
+    return re.sub(r"[^a-z0-9]+", "_", kind.lower()).strip("_")
+
+
+def median_seconds(fn, args, *, samples: int, warmup: int, sample_seconds: float) -> float:
+    """Median time of one call of the compiled `fn(*args)`, measured in back-to-back batches."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    inner = max(1, math.ceil(sample_seconds / max(time.perf_counter() - start, 1e-6)))
+    times = []
+    for _ in range(samples):
+        start = time.perf_counter()
+        for _ in range(inner):
+            out = fn(*args)
+        jax.block_until_ready(out)
+        times.append((time.perf_counter() - start) / inner)
+    return statistics.median(times)
+
+
+def relative_error(actual, expected) -> float:
+    actual = jnp.asarray(actual, jnp.float32)
+    expected = jnp.asarray(expected, jnp.float32)
+    return float(jnp.linalg.norm(actual - expected) / jnp.maximum(jnp.linalg.norm(expected),
+                                                                   1e-30))
+
+
+def vjp_function(forward):
+    def run(q, k, v, cotangent):
+        return jax.vjp(forward, q, k, v)[1](cotangent)
+    return run
+
+
+def inputs(shape, dtype, seed=0):
+    keys = jax.random.split(jax.random.key(seed), 4)
+    q, k, v, cotangent = (jax.random.normal(key, shape, jnp.float32) for key in keys)
+    return tuple(x.astype(dtype) for x in (q, k, v)), cotangent.astype(dtype)
+
+
+def gate(entry: Entry, qkv, cotangent, backward: bool, dtype: str) -> dict:
+    """Relative errors of the entry (output, and gradients if `backward`) against the op's
+    "xla" reference evaluated in float32 on the same inputs."""
+    wide = tuple(x.astype(jnp.float32) for x in qkv)
+    reference = entry.function(reference=True)
+    with jax.default_matmul_precision("highest"):
+        expected = jax.jit(reference)(*wide)
+        errors = {"fwd": relative_error(jax.jit(entry.function())(*qkv), expected)}
+        if backward:
+            got = jax.jit(vjp_function(entry.function()))(*qkv, cotangent)
+            want = jax.jit(vjp_function(reference))(*wide, cotangent.astype(jnp.float32))
+            errors.update({f"d{n}": relative_error(g, w)
+                           for n, g, w in zip("qkv", got, want, strict=True)})
+    return {"errors": errors, "bound": GATE_BOUND[dtype],
+            "passed": all(e < GATE_BOUND[dtype] for e in errors.values())}
+
+
+def compiled_bytes(fn, args) -> int:
+    """XLA's temp + output buffer bytes for the compiled `fn(*args)` (no run needed)."""
+    memory = jax.jit(fn).lower(*args).compile().memory_analysis()
+    return int(memory.temp_size_in_bytes + memory.output_size_in_bytes)
+
+
+def measure(entry: Entry, qkv, cotangent, modes, timing) -> dict:
+    forward = entry.function()
+    result = {"entry": str(entry)}
+    if "fwd" in modes:
+        result["fwd_s"] = median_seconds(jax.jit(forward), qkv, **timing)
+    if "fwd_bwd" in modes:
+        backward = vjp_function(forward)
+        result["fwd_bwd_s"] = median_seconds(jax.jit(backward), (*qkv, cotangent), **timing)
+        result["fwd_bwd_compiled_bytes"] = compiled_bytes(backward, (*qkv, cotangent))
+    return result
+
+
+def pick_baseline(candidates: list[Entry], qkv) -> Entry:
+    reasons = []
+    for entry in candidates:
+        try:
+            jax.eval_shape(entry.function(), *qkv)
+            return entry
+        except attention.NoImplementationError as error:
+            reasons.append(str(error))
+    raise RuntimeError("no baseline can run: " + " | ".join(reasons))
+
+
+def run(entries, shapes, baselines, dtype, modes, timing) -> dict:
+    rows = []
+    for shape_name in shapes:
+        shape = parse_shape(shape_name)
+        qkv, cotangent = inputs(shape, jnp.dtype(dtype))
+        baseline = pick_baseline(baselines, qkv)
+        base_gate = gate(baseline, qkv, cotangent, "fwd_bwd" in modes, dtype)
+        if not base_gate["passed"]:
+            raise RuntimeError(f"baseline {baseline} fails its gate: {base_gate}")
+        base = {**measure(baseline, qkv, cotangent, modes, timing), "gate": base_gate}
+        for entry in entries:
+            row = {"shape_name": shape_name, "shape": list(shape), "baseline": base,
+                   "gate": gate(entry, qkv, cotangent, "fwd_bwd" in modes, dtype)}
+            if row["gate"]["passed"]:
+                row.update(measure(entry, qkv, cotangent, modes, timing))
+                for mode in modes:
+                    row[f"speedup_{mode}"] = base[f"{mode}_s"] / row[f"{mode}_s"]
+            else:
+                row["entry"] = str(entry)
+            rows.append(row)
+            print_row(row, modes)
+    return {"rows": rows}
+
+
+def print_row(row, modes) -> None:
+    shape = "x".join(map(str, row["shape"]))
+    text = f"{row['entry']:<40} {shape:<18} "
+    if not row["gate"]["passed"]:
+        print(text + f"GATE FAILED {row['gate']['errors']}", flush=True)
+        return
+    for mode in modes:
+        text += (f"{mode} {row[f'{mode}_s'] * 1e3:9.3f} ms "
+                 f"(base {row['baseline'][f'{mode}_s'] * 1e3:9.3f}, "
+                 f"x{row[f'speedup_{mode}']:6.2f})  ")
+    print(text + f"vs {row['baseline']['entry']}", flush=True)
+
+
+def main(argv) -> int:
+    del argv
+    entries = [Entry.parse(text) for text in FLAGS.ops.split(",") if text.strip()]
+    baselines = [Entry.parse(text) for text in FLAGS.baseline.split(",")]
+    unknown_modes = set(FLAGS.modes) - {"fwd", "fwd_bwd"}
+    if unknown_modes:
+        raise app.UsageError(f"--modes: unknown {sorted(unknown_modes)}; use fwd, fwd_bwd")
+    timing = dict(samples=FLAGS.samples, warmup=FLAGS.warmup,
+                  sample_seconds=FLAGS.sample_seconds)
+    device = jax.devices()[0]
+    print(f"device: {device.device_kind} ({device.platform}), jax {jax.__version__}, "
+          f"dtype {FLAGS.dtype}", flush=True)
+    report = {
+        "device_kind": device.device_kind,
+        "platform": device.platform,
+        "jax_version": jax.__version__,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        "dtype": FLAGS.dtype,
+        "timing": timing,
+        **run(entries, FLAGS.shapes, baselines, FLAGS.dtype, FLAGS.modes, timing),
+    }
+    name = FLAGS.name or "_".join(sorted({e.op for e in entries})) + f"_{FLAGS.dtype}"
+    path = pathlib.Path(FLAGS.results_dir) / device_slug() / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {path}")
+    return 0 if all(row["gate"]["passed"] for row in report["rows"]) else 1
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,1 @@
+"""Input pipelines: embedded procedural data by default, image folders, IDX files, TFDS."""

@@ -1,0 +1,1 @@
+"""Linen modules built on `lla.attention`: the attention layer, MLP, adaLN, embeddings."""

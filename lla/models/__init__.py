@@ -1,0 +1,1 @@
+"""Model families (ViT, DiT, ConvSSM, LM), each exporting `Model` and presets."""

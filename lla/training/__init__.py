@@ -1,0 +1,1 @@
+"""Train state, step builders, sharding, Orbax checkpointing, EMA, metric writers."""

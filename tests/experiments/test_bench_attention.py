@@ -1,0 +1,47 @@
+"""Smoke test of the benchmark harness on CPU: gate, timing, ratios and the JSON it writes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from absl.testing import flagsaver
+
+from experiments import bench_attention
+
+
+@pytest.fixture(autouse=True)
+def _parsed_flags():
+    if not bench_attention.FLAGS.is_parsed():
+        bench_attention.FLAGS(["bench_attention"])
+
+
+def test_writes_results_with_gate_times_and_ratios(tmp_path):
+    with flagsaver.flagsaver(ops="dense:xla,dense/causal=True", shapes=["tiny", "1x96x3x16"],
+                             dtype="float32", samples=2, warmup=1, sample_seconds=0.0,
+                             results_dir=str(tmp_path), name="smoke"):
+        assert bench_attention.main([]) == 0
+    report = json.loads((tmp_path / "cpu" / "smoke.json").read_text())
+    assert report["platform"] == "cpu" and report["jax_version"]
+    rows = report["rows"]
+    assert [row["entry"] for row in rows] == ["dense:xla", "dense/causal=True"] * 2
+    assert rows[2]["shape"] == [1, 96, 3, 16]
+    for row in rows:
+        assert row["gate"]["passed"] and row["gate"]["errors"]["fwd"] < 1e-4
+        assert row["baseline"]["entry"] == "dense:xla"  # no cuDNN on CPU
+        assert row["fwd_s"] > 0 and row["fwd_bwd_s"] > 0
+        assert row["speedup_fwd"] == pytest.approx(row["baseline"]["fwd_s"] / row["fwd_s"])
+        assert row["fwd_bwd_compiled_bytes"] > 0
+
+
+def test_entry_parsing_and_errors():
+    entry = bench_attention.Entry.parse("dense:xla/causal=True/scale=0.5")
+    assert entry == bench_attention.Entry("dense", "xla", (("causal", True), ("scale", 0.5)))
+    assert str(entry) == "dense:xla/causal=True/scale=0.5"
+    with pytest.raises(KeyError, match="registered"):
+        bench_attention.Entry.parse("nope")
+    with pytest.raises(ValueError, match="key=value"):
+        bench_attention.Entry.parse("dense/causal")
+    with pytest.raises(ValueError, match="BxNxHxD"):
+        bench_attention.parse_shape("huge")
+    assert bench_attention.parse_shape("dit256") == (1, 65536, 6, 64)
