@@ -6,6 +6,7 @@
 """
 
 from lla.attention.dense import dot_product_attention
+from lla.attention.llsa import llsa
 from lla.attention.partials import merge_partials
 from lla.attention.registry import (
     AttentionOp,
@@ -24,6 +25,7 @@ __all__ = [
     "NoImplementationError",
     "dot_product_attention",
     "get",
+    "llsa",
     "merge_partials",
     "names",
     "register",

@@ -44,6 +44,7 @@ class TestDenseCudnn(AttentionOpTestBase):
     op_name = "dense"
     implementation = "cudnn"
     dtypes = (jnp.bfloat16,)
+    deterministic_backward = False  # cuDNN's dQ differed between identical runs on an H200
     shapes = ((2, 128, 128, 4, 4, 64), (1, 256, 256, 4, 2, 64), (1, 64, 64, 2, 2, 32))
 
     def reference(self, q, k, v, **kwargs):

@@ -1,0 +1,120 @@
+"""The LLSA hierarchy: level resolution, mean pooling and hierarchical top-K selection.
+
+Shared by every LLSA implementation (the "xla" reference and the Pallas kernels), so all of
+them attend to exactly the same sparse sets. Arrays are heads-major, `[Bt, H, N, D]`.
+
+Selection (`papers/llsa.md` §1.3), without gradient and without the 1/sqrt(D) scale:
+  level L (coarsest): each level-L query token keeps the top-K of all level-L key tokens;
+  level l < L: level-l query token i keeps the top-K of the K·B children of its parent's
+  picks, {j·B + c : j in I[l+1][i // B], c < B}.
+Selected indices are returned sorted ascending, so candidate lists are in token order and
+ties (broken by `lax.top_k` towards the lower position) go to the lower token index.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def heads_major(x: jax.Array) -> jax.Array:
+    """[Bt, N, H, D] <-> [Bt, H, N, D]."""
+    return x.transpose(0, 2, 1, 3)
+
+
+def default_levels(tokens: int, block_size: int) -> int:
+    """max(1, floor(log_B(N) - 1)): the largest L with B^(L+1) <= N, at least 1."""
+    levels = 1
+    while block_size ** (levels + 2) <= tokens:
+        levels += 1
+    return levels
+
+
+def check_hierarchy(op: str, tokens: int, block_size: int, topk: int, levels: int) -> None:
+    """Raises ValueError, saying what would work, unless the hierarchy is well formed."""
+    if not isinstance(block_size, int) or block_size < 2:
+        raise ValueError(f"{op}: block_size must be an int >= 2; got {block_size!r}")
+    if not isinstance(levels, int) or levels < 1:
+        raise ValueError(f"{op}: levels must be an int >= 1 (or None for the default); "
+                         f"got {levels!r}")
+    if not isinstance(topk, int) or topk < 1:
+        raise ValueError(f"{op}: topk must be an int >= 1; got {topk!r}")
+    span = block_size ** levels
+    if tokens % span:
+        below, above = tokens // span * span, -(-tokens // span) * span
+        nearest = f"{below} or {above}" if below else f"{above}"
+        raise ValueError(
+            f"{op}: N={tokens} tokens is not divisible by block_size**levels = "
+            f"{block_size}**{levels} = {span}; nearest valid N: {nearest} (or choose fewer "
+            f"levels or another block_size)")
+    coarsest = tokens // span
+    if topk > coarsest:
+        raise ValueError(
+            f"{op}: topk={topk} exceeds the {coarsest} coarsest-level tokens "
+            f"(N / block_size**levels = {tokens} / {span}); use topk <= {coarsest} or fewer "
+            f"levels")
+
+
+def mean_pool(x: jax.Array, block_size: int) -> jax.Array:
+    """[..., T, D] -> [..., T / B, D]: means of consecutive windows of B tokens."""
+    *lead, tokens, dim = x.shape
+    return x.reshape(*lead, tokens // block_size, block_size, dim).mean(-2)
+
+
+def pool_levels(x: jax.Array, block_size: int, levels: int) -> list[jax.Array]:
+    """[x, pool(x), pool(pool(x)), ...]: L + 1 arrays [..., N / B^l, D]."""
+    pooled = [x]
+    for _ in range(levels):
+        pooled.append(mean_pool(pooled[-1], block_size))
+    return pooled
+
+
+def pyramid(x: jax.Array, block_size: int, levels: int) -> list[jax.Array]:
+    """x [Bt, N, H, D] -> `pool_levels` of it, heads-major in float32: [Bt, H, N / B^l, D]."""
+    return pool_levels(heads_major(x).astype(jnp.float32), block_size, levels)
+
+
+def children(parents: jax.Array, block_size: int) -> jax.Array:
+    """Token indices of the children of `parents` [..., K] -> [..., K·B], in parent order."""
+    offsets = jnp.arange(block_size, dtype=parents.dtype)
+    return (parents[..., None] * block_size + offsets).reshape(*parents.shape[:-1], -1)
+
+
+def gather_tokens(x: jax.Array, index: jax.Array) -> jax.Array:
+    """x [Bt, H, T, D], index [Bt, H, ..., M] -> [Bt, H, ..., M, D]."""
+    flat = index.reshape(*index.shape[:2], -1)
+    gathered = jnp.take_along_axis(x, flat[..., None], axis=2)
+    return gathered.reshape(*index.shape, x.shape[-1])
+
+
+def select(q_levels: list[jax.Array], k_levels: list[jax.Array], block_size: int,
+           topk: int) -> dict[int, jax.Array]:
+    """Hierarchical top-K selection (no gradient).
+
+    Args:
+      q_levels, k_levels: `pool_levels` outputs, L + 1 arrays [Bt, H, N / B^l, D] (level 0
+        is not read and may be None).
+      block_size, topk: B and K.
+
+    Returns:
+      {l: I_l} for l = 1..L, I_l int32 [Bt, H, N / B^l, K], ascending: the level-l tokens
+      (= level-(l-1) blocks) picked by each level-l query token. I_1 are the fine blocks of
+      each level-0 query block.
+    """
+    levels = len(q_levels) - 1
+    q_levels = [None] + [lax.stop_gradient(x.astype(jnp.float32)) for x in q_levels[1:]]
+    k_levels = [None] + [lax.stop_gradient(x.astype(jnp.float32)) for x in k_levels[1:]]
+    scores = jnp.einsum("bhqd,bhkd->bhqk", q_levels[levels], k_levels[levels],
+                        precision=lax.Precision.HIGHEST)
+    picks = {levels: jnp.sort(lax.top_k(scores, topk)[1].astype(jnp.int32), axis=-1)}
+    for level in range(levels - 1, 0, -1):
+        candidates = children(picks[level + 1], block_size)  # [Bt, H, P, K·B], ascending
+        keys = gather_tokens(k_levels[level], candidates)  # [Bt, H, P, K·B, D]
+        queries = q_levels[level].reshape(*keys.shape[:3], block_size, -1)  # [Bt, H, P, B, D]
+        scores = jnp.einsum("bhpqd,bhpcd->bhpqc", queries, keys,
+                            precision=lax.Precision.HIGHEST)
+        positions = jnp.sort(lax.top_k(scores, topk)[1], axis=-1)  # [Bt, H, P, B, K]
+        chosen = jnp.take_along_axis(candidates[..., None, :], positions, axis=-1)
+        picks[level] = chosen.reshape(*chosen.shape[:2], -1, topk).astype(jnp.int32)
+    return picks

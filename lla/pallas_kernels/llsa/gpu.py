@@ -1,0 +1,354 @@
+"""LLSA attention kernels in Pallas (Triton lowering): forward, dQ, and dK/dV per level.
+
+Inputs are heads-major and batch·head-flattened. With B = block_size, K = topk, L = levels,
+N_l = N / B^l tokens at level l, R rows = batch·heads, Rkv = batch·kv_heads:
+  q                [R, N, D]
+  k[l], v[l]       [Rkv, N_l / B, B, D] for l < L (blocks), [Rkv, N_L, D] for l = L
+  picks[l]         int32 [R, N_l, K] for l = 1..L: level-(l-1) blocks picked by each
+                   level-l token (from `lla.attention.llsa_hierarchy.select`)
+Query block b (B rows) attends, in one online softmax (log2 domain), to the K·B tokens of
+level l < L in blocks picks[l + 1][b // B^l] (weight B^l), then to all N_L coarsest tokens
+(weight B^L). Forward saves the output and the f32 natural-log lse [R, N].
+
+Backward: dQ per query block (same sweep as the forward); dK/dV of level l < L per key block
+from the key-major CSR transpose of picks[l + 1] (`metadata.transpose_picks`): key block j
+loops over the query groups (B^(l+1) queries each) that read it; dK/dV of the coarsest level
+per (key tile, query split) with the splits summed outside. No atomics: every program owns
+its outputs, so results are deterministic. Gradients come out per query head (GQA groups
+are summed by the caller).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plt
+
+LOG2E = math.log2(math.e)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Static shape and tiling parameters of one LLSA call."""
+
+    block_size: int
+    topk: int
+    levels: int
+    heads: int
+    kv_heads: int
+    tokens: int
+    head_dim: int
+    pick_chunk: int  # picks per key tile at the sparse levels (divides topk)
+    coarse_tile: int  # coarsest-level keys per tile (divides N_L)
+    dkv_rows: int  # query rows per step in the dK/dV kernels (at most; divides N)
+    coarse_splits: int  # query splits of the coarsest-level dK/dV (partials summed)
+    num_warps: int = 4
+    num_stages: int = 2
+    interpret: bool = False
+
+    @property
+    def scale(self) -> float:
+        return self.head_dim ** -0.5
+
+    def level_tokens(self, level: int) -> int:
+        return self.tokens // self.block_size ** level
+
+    def log2_weight(self, level: int) -> float:
+        return level * math.log2(self.block_size)
+
+    def kv_row(self, row):
+        """Row of k/v read by query row `row` (batch·head flattened, GQA)."""
+        group = self.heads // self.kv_heads
+        return (row // self.heads) * self.kv_heads + (row % self.heads) // group
+
+    def compiler_params(self):
+        return plt.CompilerParams(num_warps=self.num_warps, num_stages=self.num_stages)
+
+
+def largest_divisor_at_most(n: int, cap: int) -> int:
+    """The largest divisor of n that is <= cap (at least 1)."""
+    return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
+
+
+def make_config(block_size, topk, levels, heads, kv_heads, tokens, head_dim, *,
+                interpret=False) -> Config:
+    """Default tiling: up to 4 picks (64 keys at B=16) per sparse tile, up to 64 keys per
+    coarsest tile, up to 64 query rows per dK/dV step, and enough coarsest-level query
+    splits for about 4096 programs per batch·head."""
+    coarsest = tokens // block_size ** levels
+    coarse_tile = largest_divisor_at_most(coarsest, 64)
+    rows = largest_divisor_at_most(tokens, 64)
+    splits = largest_divisor_at_most(tokens // rows, max(1, 4096 // (coarsest // coarse_tile)))
+    return Config(block_size, topk, levels, heads, kv_heads, tokens, head_dim,
+                  pick_chunk=largest_divisor_at_most(topk, 4), coarse_tile=coarse_tile,
+                  dkv_rows=rows, coarse_splits=splits, interpret=interpret)
+
+
+def unsupported_reasons(config: Config) -> list[str]:
+    """Why the compiled (non-interpret) kernels cannot run this configuration."""
+    reasons = []
+    power_of_two = lambda n: n >= 1 and n & (n - 1) == 0  # noqa: E731
+    if not power_of_two(config.block_size) or config.block_size < 16:
+        reasons.append(f"block_size {config.block_size} must be a power of two >= 16")
+    if not power_of_two(config.head_dim) or config.head_dim < 16:
+        reasons.append(f"head_dim {config.head_dim} must be a power of two >= 16")
+    if config.coarse_tile < 16 or not power_of_two(config.coarse_tile):
+        reasons.append(f"coarsest level of {config.level_tokens(config.levels)} tokens needs "
+                       f"a multiple of 16")
+    return reasons
+
+
+# ---- shared sweeps --------------------------------------------------------------------------
+
+def _sweep_keys(visit, carry, query_block, picks_refs, k_refs, v_refs, config: Config):
+    """carry = visit(carry, keys [M, D], values [M, D], log2_weight) over every key tile of
+    query block `query_block`: sparse levels 0..L-1, then the whole coarsest level."""
+    size, chunk = config.block_size, config.pick_chunk
+    for level in range(config.levels):
+        parent = query_block // size ** level
+
+        def sparse_step(t, carry, level=level, parent=parent):
+            blocks = picks_refs[level][parent, pl.ds(t * chunk, chunk)]
+            keys = k_refs[level][blocks].reshape(chunk * size, config.head_dim)
+            values = v_refs[level][blocks].reshape(chunk * size, config.head_dim)
+            return visit(carry, keys, values, config.log2_weight(level))
+
+        carry = lax.fori_loop(0, config.topk // chunk, sparse_step, carry)
+
+    tile = config.coarse_tile
+
+    def coarse_step(t, carry):
+        keys = k_refs[-1][pl.ds(t * tile, tile), :]
+        values = v_refs[-1][pl.ds(t * tile, tile), :]
+        return visit(carry, keys, values, config.log2_weight(config.levels))
+
+    return lax.fori_loop(0, config.level_tokens(config.levels) // tile, coarse_step, carry)
+
+
+def _log2_logits(q, keys, log2_weight, config: Config):
+    """[T, D] x [M, D] -> f32 [T, M] logits in log2 units, weight included."""
+    return plt.dot(q, keys, trans_b=True) * (config.scale * LOG2E) + log2_weight
+
+
+def _split_refs(refs, config: Config):
+    levels = config.levels
+    k_refs = refs[:levels + 1]
+    v_refs = refs[levels + 1:2 * levels + 2]
+    picks_refs = refs[2 * levels + 2:3 * levels + 2]
+    return k_refs, v_refs, picks_refs, refs[3 * levels + 2:]
+
+
+# ---- forward --------------------------------------------------------------------------------
+
+def _forward_kernel(q_ref, *refs, config: Config):
+    k_refs, v_refs, picks_refs, (out_ref, lse_ref) = _split_refs(refs, config)
+    q = q_ref[...]
+
+    def visit(carry, keys, values, log2_weight):
+        row_max, row_sum, acc = carry
+        logits = _log2_logits(q, keys, log2_weight, config)
+        new_max = jnp.maximum(row_max, logits.max(axis=1))
+        correction = jnp.exp2(row_max - new_max)
+        probs = jnp.exp2(logits - new_max[:, None])
+        row_sum = row_sum * correction + probs.sum(axis=1)
+        acc = acc * correction[:, None] + plt.dot(probs.astype(values.dtype), values)
+        return new_max, row_sum, acc
+
+    rows = config.block_size
+    init = (jnp.full((rows,), -jnp.inf, jnp.float32), jnp.zeros((rows,), jnp.float32),
+            jnp.zeros((rows, config.head_dim), jnp.float32))
+    row_max, row_sum, acc = _sweep_keys(visit, init, pl.program_id(0), picks_refs, k_refs,
+                                        v_refs, config)
+    out_ref[...] = (acc / row_sum[:, None]).astype(out_ref.dtype)
+    lse_ref[...] = (row_max + jnp.log2(row_sum)) / LOG2E
+
+
+def _level_specs(config: Config, grid_rank: int):
+    """BlockSpecs of k/v (whole kv head) and picks (whole query head) for each level."""
+    def head(index_of_row):
+        if grid_rank == 2:
+            return lambda i, row: index_of_row(row)
+        return lambda i, row, s: index_of_row(row)
+
+    size, dim = config.block_size, config.head_dim
+    kv_specs = []
+    for level in range(config.levels):
+        blocks = config.level_tokens(level) // size
+        kv_specs.append(pl.BlockSpec((None, blocks, size, dim),
+                                     head(lambda row: (config.kv_row(row), 0, 0, 0))))
+    kv_specs.append(pl.BlockSpec((None, config.level_tokens(config.levels), dim),
+                                 head(lambda row: (config.kv_row(row), 0, 0))))
+    picks_specs = [pl.BlockSpec((None, config.level_tokens(level), config.topk),
+                                head(lambda row: (row, 0, 0)))
+                   for level in range(1, config.levels + 1)]
+    return kv_specs, picks_specs
+
+
+def forward(q, k_levels, v_levels, picks, config: Config):
+    """Output [R, N, D] in q's dtype and lse f32 [R, N] (natural log)."""
+    rows, tokens, dim = q.shape
+    size = config.block_size
+    kv_specs, picks_specs = _level_specs(config, 2)
+    query_spec = pl.BlockSpec((None, size, dim), lambda i, row: (row, i, 0))
+    return pl.pallas_call(
+        functools.partial(_forward_kernel, config=config),
+        grid=(tokens // size, rows),
+        in_specs=[query_spec, *kv_specs, *kv_specs, *picks_specs],
+        out_specs=[query_spec, pl.BlockSpec((None, size), lambda i, row: (row, i))],
+        out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
+                   jax.ShapeDtypeStruct((rows, tokens), jnp.float32)],
+        compiler_params=config.compiler_params(),
+        interpret=config.interpret,
+        name="llsa_forward",
+    )(q, *k_levels, *v_levels, *picks)
+
+
+# ---- backward: dQ ---------------------------------------------------------------------------
+
+def _dq_kernel(q_ref, d_out_ref, lse_ref, delta_ref, *refs, config: Config):
+    k_refs, v_refs, picks_refs, (dq_ref,) = _split_refs(refs, config)
+    q, d_out = q_ref[...], d_out_ref[...]
+    log2_lse = lse_ref[...] * LOG2E
+    delta = delta_ref[...]
+
+    def visit(dq, keys, values, log2_weight):
+        probs = jnp.exp2(_log2_logits(q, keys, log2_weight, config) - log2_lse[:, None])
+        d_logits = probs * (plt.dot(d_out, values, trans_b=True) - delta[:, None])
+        return dq + plt.dot(d_logits.astype(keys.dtype), keys)
+
+    dq = _sweep_keys(visit, jnp.zeros(q.shape, jnp.float32), pl.program_id(0), picks_refs,
+                     k_refs, v_refs, config)
+    dq_ref[...] = (dq * config.scale).astype(dq_ref.dtype)
+
+
+def backward_dq(q, d_out, lse, delta, k_levels, v_levels, picks, config: Config):
+    """dQ [R, N, D] in q's dtype; delta = rowsum(out * d_out) f32 [R, N]."""
+    rows, tokens, dim = q.shape
+    size = config.block_size
+    kv_specs, picks_specs = _level_specs(config, 2)
+    query_spec = pl.BlockSpec((None, size, dim), lambda i, row: (row, i, 0))
+    row_spec = pl.BlockSpec((None, size), lambda i, row: (row, i))
+    return pl.pallas_call(
+        functools.partial(_dq_kernel, config=config),
+        grid=(tokens // size, rows),
+        in_specs=[query_spec, query_spec, row_spec, row_spec, *kv_specs, *kv_specs,
+                  *picks_specs],
+        out_specs=query_spec,
+        out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+        compiler_params=config.compiler_params(),
+        interpret=config.interpret,
+        name="llsa_backward_dq",
+    )(q, d_out, lse, delta, *k_levels, *v_levels, *picks)
+
+
+# ---- backward: dK/dV ------------------------------------------------------------------------
+
+def _accumulate_dkv(carry, start, rows, refs, keys, values, log2_weight, config: Config):
+    """Adds the dK/dV contribution of queries [start, start + rows) to one key tile."""
+    q_ref, d_out_ref, lse_ref, delta_ref = refs
+    dk, dv = carry
+    q = q_ref[pl.ds(start, rows), :]
+    d_out = d_out_ref[pl.ds(start, rows), :]
+    log2_lse = lse_ref[pl.ds(start, rows)] * LOG2E
+    delta = delta_ref[pl.ds(start, rows)]
+    probs = jnp.exp2(_log2_logits(q, keys, log2_weight, config) - log2_lse[:, None])
+    dv = dv + plt.dot(probs.astype(d_out.dtype), d_out, trans_a=True)
+    d_logits = probs * (plt.dot(d_out, values, trans_b=True) - delta[:, None])
+    dk = dk + plt.dot(d_logits.astype(q.dtype), q, trans_a=True)
+    return dk, dv
+
+
+def _sparse_dkv_kernel(q_ref, d_out_ref, lse_ref, delta_ref, k_ref, v_ref, offsets_ref,
+                       groups_ref, dk_ref, dv_ref, *, level: int, config: Config):
+    keys, values = k_ref[...], v_ref[...]
+    group_rows = config.block_size ** (level + 1)
+    rows = largest_divisor_at_most(group_rows, config.dkv_rows)
+    query_refs = (q_ref, d_out_ref, lse_ref, delta_ref)
+    key_block = pl.program_id(0)
+
+    def per_group(i, carry):
+        first = groups_ref[i] * group_rows
+
+        def per_chunk(c, carry):
+            return _accumulate_dkv(carry, first + c * rows, rows, query_refs, keys, values,
+                                   config.log2_weight(level), config)
+
+        return lax.fori_loop(0, group_rows // rows, per_chunk, carry)
+
+    zeros = jnp.zeros(keys.shape, jnp.float32)
+    dk, dv = lax.fori_loop(offsets_ref[key_block], offsets_ref[key_block + 1], per_group,
+                           (zeros, zeros))
+    dk_ref[...] = dk * config.scale
+    dv_ref[...] = dv
+
+
+def backward_sparse_dkv(q, d_out, lse, delta, k, v, offsets, groups, level, config: Config):
+    """dK, dV (f32, per query head, [R, N_l, D]) of sparse level `level` < L.
+
+    k, v: [Rkv, N_l, D] level-l keys; offsets/groups: `transpose_picks(picks[level + 1])`.
+    """
+    rows, tokens, dim = q.shape
+    size = config.block_size
+    level_tokens = k.shape[1]
+    whole_queries = pl.BlockSpec((None, tokens, dim), lambda j, row: (row, 0, 0))
+    whole_rows = pl.BlockSpec((None, tokens), lambda j, row: (row, 0))
+    key_spec = pl.BlockSpec((None, size, dim), lambda j, row: (config.kv_row(row), j, 0))
+    out_spec = pl.BlockSpec((None, size, dim), lambda j, row: (row, j, 0))
+    return pl.pallas_call(
+        functools.partial(_sparse_dkv_kernel, level=level, config=config),
+        grid=(level_tokens // size, rows),
+        in_specs=[whole_queries, whole_queries, whole_rows, whole_rows, key_spec, key_spec,
+                  pl.BlockSpec((None, offsets.shape[1]), lambda j, row: (row, 0)),
+                  pl.BlockSpec((None, groups.shape[1]), lambda j, row: (row, 0))],
+        out_specs=[out_spec, out_spec],
+        out_shape=[jax.ShapeDtypeStruct((rows, level_tokens, dim), jnp.float32)] * 2,
+        compiler_params=config.compiler_params(),
+        interpret=config.interpret,
+        name=f"llsa_backward_dkv_level{level}",
+    )(q, d_out, lse, delta, k, v, offsets, groups)
+
+
+def _coarse_dkv_kernel(q_ref, d_out_ref, lse_ref, delta_ref, k_ref, v_ref, dk_ref, dv_ref, *,
+                       config: Config):
+    keys, values = k_ref[...], v_ref[...]
+    rows = config.dkv_rows
+    split_rows = config.tokens // config.coarse_splits
+    first = pl.program_id(2) * split_rows
+    query_refs = (q_ref, d_out_ref, lse_ref, delta_ref)
+
+    def per_chunk(c, carry):
+        return _accumulate_dkv(carry, first + c * rows, rows, query_refs, keys, values,
+                               config.log2_weight(config.levels), config)
+
+    zeros = jnp.zeros(keys.shape, jnp.float32)
+    dk, dv = lax.fori_loop(0, split_rows // rows, per_chunk, (zeros, zeros))
+    dk_ref[...] = dk * config.scale
+    dv_ref[...] = dv
+
+
+def backward_coarse_dkv(q, d_out, lse, delta, k, v, config: Config):
+    """dK, dV (f32, per query head, [R, N_L, D]) of the coarsest level (all queries)."""
+    rows, tokens, dim = q.shape
+    tile, splits = config.coarse_tile, config.coarse_splits
+    level_tokens = k.shape[1]
+    whole_queries = pl.BlockSpec((None, tokens, dim), lambda j, row, s: (row, 0, 0))
+    whole_rows = pl.BlockSpec((None, tokens), lambda j, row, s: (row, 0))
+    key_spec = pl.BlockSpec((None, tile, dim), lambda j, row, s: (config.kv_row(row), j, 0))
+    out_spec = pl.BlockSpec((None, None, tile, dim), lambda j, row, s: (s, row, j, 0))
+    dk, dv = pl.pallas_call(
+        functools.partial(_coarse_dkv_kernel, config=config),
+        grid=(level_tokens // tile, rows, splits),
+        in_specs=[whole_queries, whole_queries, whole_rows, whole_rows, key_spec, key_spec],
+        out_specs=[out_spec, out_spec],
+        out_shape=[jax.ShapeDtypeStruct((splits, rows, level_tokens, dim), jnp.float32)] * 2,
+        compiler_params=config.compiler_params(),
+        interpret=config.interpret,
+        name="llsa_backward_dkv_coarsest",
+    )(q, d_out, lse, delta, k, v)
+    return dk.sum(0), dv.sum(0)

@@ -1,0 +1,70 @@
+"""LLSA implementations against the "xla" reference (which `test_llsa_reference.py` holds to
+a brute-force oracle): the Pallas GPU kernels in interpret mode on CPU, compiled on a GPU."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import lla.attention as attention
+from tests.attention.op_test_base import AttentionOpTestBase, random_qkv, relative_error
+
+ON_GPU = jax.default_backend() == "gpu"
+
+
+class LlsaTestBase(AttentionOpTestBase):
+    op_name = "llsa"
+    shapes = ((1, 64, 64, 3, 3, 24), (2, 128, 128, 2, 2, 32), (1, 64, 64, 4, 2, 16))
+
+    def reference(self, q, k, v, **kwargs):
+        static = {key: value for key, value in self.op_kwargs.items() if key != "interpret"}
+        return attention.llsa(q, k, v, implementation="xla", **static, **kwargs)
+
+
+class TestLlsaPallasInterpret(LlsaTestBase):
+    implementation = "pallas_gpu"
+    op_kwargs = dict(block_size=4, topk=2, levels=2, interpret=True)  # noqa: RUF012
+
+
+@pytest.mark.parametrize(
+    ("shape", "static"),
+    [
+        ((1, 64, 64, 2, 2, 16), dict(block_size=4, topk=3, levels=1)),
+        ((1, 256, 256, 3, 3, 8), dict(block_size=4, topk=3, levels=3)),
+        ((2, 128, 128, 4, 1, 16), dict(block_size=2, topk=2, levels=None)),  # L = 6
+        ((1, 72, 72, 2, 2, 8), dict(block_size=6, topk=2, levels=2)),  # B not a power of two
+    ],
+)
+def test_pallas_interpret_levels_and_block_sizes(shape, static):
+    q, k, v = random_qkv(shape)
+    cotangent = jax.random.normal(jax.random.key(4), q.shape)
+    with jax.default_matmul_precision("highest"):
+        out, vjp = jax.vjp(lambda *x: attention.llsa(
+            *x, implementation="pallas_gpu", interpret=True, **static), q, k, v)
+        expected, expected_vjp = jax.vjp(lambda *x: attention.llsa(
+            *x, implementation="xla", **static), q, k, v)
+        assert relative_error(out, expected) < 1e-5
+        for grad, expected_grad in zip(vjp(cotangent), expected_vjp(cotangent), strict=True):
+            assert relative_error(grad, expected_grad) < 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_GPU, reason="compiled Pallas kernels need a GPU")
+class TestLlsaPallasGpu(LlsaTestBase):
+    implementation = "pallas_gpu"
+    op_kwargs = dict(block_size=16, topk=8, levels=2)  # noqa: RUF012
+    shapes = ((1, 4096, 4096, 2, 2, 64), (2, 8192, 8192, 3, 3, 64), (1, 4096, 4096, 4, 2, 64))
+    dtypes = (jnp.bfloat16,)
+
+
+def test_pallas_gpu_reasons_on_cpu():
+    q, k, v = random_qkv((1, 64, 64, 2, 2, 24))
+    if not ON_GPU:
+        with pytest.raises(attention.NoImplementationError, match="needs a GPU"):
+            attention.llsa(q, k, v, block_size=4, topk=2, implementation="pallas_gpu")
+    with pytest.raises(attention.NoImplementationError,
+                       match=r"block_size 4 must be a power of two >= 16.*head_dim 24"):
+        attention.llsa(q, k, v, block_size=4, topk=2, implementation="pallas_gpu")
+    default = attention.llsa(q, k, v, block_size=4, topk=2)  # falls back to "xla" on CPU
+    assert default.shape == q.shape
