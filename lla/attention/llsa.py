@@ -17,6 +17,7 @@ names the nearest valid N.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -73,6 +74,7 @@ def _einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.einsum(spec, a, b, precision=lax.Precision.HIGHEST)
 
 
+@functools.partial(jax.jit, static_argnames=("block_size", "topk", "levels", "interpret"))
 def _xla(q, k, v, *, block_size, topk, levels, interpret):
     """Gather-based reference in float32 at HIGHEST precision; autodiff gives the gradients.
 

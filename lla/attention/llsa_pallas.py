@@ -40,6 +40,7 @@ def _rows(x: jax.Array) -> jax.Array:
     return x.reshape(-1, *x.shape[2:])
 
 
+@functools.partial(jax.jit, static_argnames=("block_size", "topk", "levels", "interpret"))
 def llsa_pallas_gpu(q, k, v, *, block_size, topk, levels, interpret):
     """q [Bt, N, H, D], k/v [Bt, N, Hkv, D] -> [Bt, N, H, D] (see `lla.attention.llsa`)."""
     batch, tokens, heads, head_dim = q.shape
