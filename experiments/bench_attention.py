@@ -23,29 +23,24 @@ import ast
 import dataclasses
 import datetime
 import json
-import math
 import pathlib
-import re
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 from absl import app, flags
 
 import lla.attention as attention
+from experiments.benchmarking import (
+    SHAPES,
+    device_slug,
+    inputs,
+    median_seconds,
+    parse_shape,
+    relative_error,
+    vjp_function,
+)
 
-SHAPES = {
-    "tiny": (1, 256, 2, 32),
-    "small": (1, 2048, 4, 64),
-    "s16k": (1, 16384, 6, 64),
-    "dit256": (1, 65536, 6, 64),
-    "dit512": (1, 262144, 6, 64),
-    "dit1024": (1, 1048576, 6, 64),
-    "b2h4": (2, 65536, 4, 64),
-    "h64": (1, 65536, 64, 64),
-}
 GATE_BOUND = {"float32": 1e-4, "bfloat16": 3e-2, "float16": 1e-2}
 
 FLAGS = flags.FLAGS
@@ -95,57 +90,6 @@ class Entry:
         op = attention.get(self.op)
         implementation = "xla" if reference else self.implementation
         return lambda q, k, v: op(q, k, v, implementation=implementation, **dict(self.kwargs))
-
-
-def parse_shape(name: str) -> tuple[int, int, int, int]:
-    if name in SHAPES:
-        return SHAPES[name]
-    if re.fullmatch(r"\d+x\d+x\d+x\d+", name):
-        return tuple(int(x) for x in name.split("x"))
-    raise ValueError(f"unknown shape {name!r}: use one of {sorted(SHAPES)} or BxNxHxD")
-
-
-def device_slug() -> str:
-    """'nvidia_h100_80gb_hbm3', 'cpu', ...: the results folder for this machine."""
-    device = jax.devices()[0]
-    kind = device.platform if device.platform == "cpu" else device.device_kind
-    return re.sub(r"[^a-z0-9]+", "_", kind.lower()).strip("_")
-
-
-def median_seconds(fn, args, *, samples: int, warmup: int, sample_seconds: float) -> float:
-    """Median time of one call of the compiled `fn(*args)`, measured in back-to-back batches."""
-    for _ in range(warmup):
-        jax.block_until_ready(fn(*args))
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    inner = max(1, math.ceil(sample_seconds / max(time.perf_counter() - start, 1e-6)))
-    times = []
-    for _ in range(samples):
-        start = time.perf_counter()
-        for _ in range(inner):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - start) / inner)
-    return statistics.median(times)
-
-
-def relative_error(actual, expected) -> float:
-    actual = jnp.asarray(actual, jnp.float32)
-    expected = jnp.asarray(expected, jnp.float32)
-    return float(jnp.linalg.norm(actual - expected) / jnp.maximum(jnp.linalg.norm(expected),
-                                                                   1e-30))
-
-
-def vjp_function(forward):
-    def run(q, k, v, cotangent):
-        return jax.vjp(forward, q, k, v)[1](cotangent)
-    return run
-
-
-def inputs(shape, dtype, seed=0):
-    keys = jax.random.split(jax.random.key(seed), 4)
-    q, k, v, cotangent = (jax.random.normal(key, shape, jnp.float32) for key in keys)
-    return tuple(x.astype(dtype) for x in (q, k, v)), cotangent.astype(dtype)
 
 
 def gate(entry: Entry, qkv, cotangent, backward: bool, dtype: str) -> dict:

@@ -1,7 +1,8 @@
 """The LLSA hierarchy: level resolution, mean pooling and hierarchical top-K selection.
 
 Shared by every LLSA implementation (the "xla" reference and the Pallas kernels), so all of
-them attend to exactly the same sparse sets. Arrays are heads-major, `[Bt, H, N, D]`.
+them attend to exactly the same sparse sets. Pooled levels are token-major like the op's
+inputs, `[Bt, N / B^l, H, D]`; selections are heads-major, `[Bt, H, N / B^l, K]`.
 
 Selection (`papers/llsa.md` §1.3), without gradient and without the 1/sqrt(D) scale:
   level L (coarsest): each level-L query token keeps the top-K of all level-L key tokens;
@@ -56,23 +57,15 @@ def check_hierarchy(op: str, tokens: int, block_size: int, topk: int, levels: in
             f"levels")
 
 
-def mean_pool(x: jax.Array, block_size: int) -> jax.Array:
-    """[..., T, D] -> [..., T / B, D]: means of consecutive windows of B tokens."""
-    *lead, tokens, dim = x.shape
-    return x.reshape(*lead, tokens // block_size, block_size, dim).mean(-2)
-
-
-def pool_levels(x: jax.Array, block_size: int, levels: int) -> list[jax.Array]:
-    """[x, pool(x), pool(pool(x)), ...]: L + 1 arrays [..., N / B^l, D]."""
-    pooled = [x]
-    for _ in range(levels):
-        pooled.append(mean_pool(pooled[-1], block_size))
-    return pooled
-
-
 def pyramid(x: jax.Array, block_size: int, levels: int) -> list[jax.Array]:
-    """x [Bt, N, H, D] -> `pool_levels` of it, heads-major in float32: [Bt, H, N / B^l, D]."""
-    return pool_levels(heads_major(x).astype(jnp.float32), block_size, levels)
+    """x [Bt, N, H, D] -> L + 1 float32 arrays [Bt, N / B^l, H, D]: x and its means over
+    windows of B^l consecutive tokens (each level pooled from the one below)."""
+    pooled = [x.astype(jnp.float32)]
+    for _ in range(levels):
+        batch, tokens, *rest = pooled[-1].shape
+        pooled.append(pooled[-1].reshape(batch, tokens // block_size, block_size, *rest)
+                      .mean(2))
+    return pooled
 
 
 def children(parents: jax.Array, block_size: int) -> jax.Array:
@@ -93,8 +86,8 @@ def select(q_levels: list[jax.Array], k_levels: list[jax.Array], block_size: int
     """Hierarchical top-K selection (no gradient).
 
     Args:
-      q_levels, k_levels: `pool_levels` outputs, L + 1 arrays [Bt, H, N / B^l, D] (level 0
-        is not read and may be None).
+      q_levels, k_levels: `pyramid` outputs, L + 1 arrays [Bt, N / B^l, H, D] (level 0 is
+        not read and may be None; k has as many heads as q).
       block_size, topk: B and K.
 
     Returns:
@@ -103,8 +96,10 @@ def select(q_levels: list[jax.Array], k_levels: list[jax.Array], block_size: int
       each level-0 query block.
     """
     levels = len(q_levels) - 1
-    q_levels = [None] + [lax.stop_gradient(x.astype(jnp.float32)) for x in q_levels[1:]]
-    k_levels = [None] + [lax.stop_gradient(x.astype(jnp.float32)) for x in k_levels[1:]]
+    q_levels = [None] + [lax.stop_gradient(heads_major(x).astype(jnp.float32))
+                         for x in q_levels[1:]]
+    k_levels = [None] + [lax.stop_gradient(heads_major(x).astype(jnp.float32))
+                         for x in k_levels[1:]]
     scores = jnp.einsum("bhqd,bhkd->bhqk", q_levels[levels], k_levels[levels],
                         precision=lax.Precision.HIGHEST)
     picks = {levels: jnp.sort(lax.top_k(scores, topk)[1].astype(jnp.int32), axis=-1)}

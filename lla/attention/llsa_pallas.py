@@ -35,41 +35,47 @@ def unsupported_reasons(q, k, v, *, block_size, topk, levels, interpret):
     return reasons + gpu.unsupported_reasons(config)
 
 
-def _rows(x: jax.Array) -> jax.Array:
-    """[Bt, H, T, D] -> [Bt·H, T, D]."""
-    return x.reshape(-1, *x.shape[2:])
+def prepare(q, k, v, *, block_size, topk, levels):
+    """Pools and selects in XLA; returns the kernels' k and v levels (L + 1 each, in k's
+    dtype, layouts in `gpu`) and picks (L arrays, int32 [Bt·H, N / B^l, K])."""
+    batch, _, heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    q_pooled = hierarchy.pyramid(jax.lax.stop_gradient(q), block_size, levels)
+    k_pooled = hierarchy.pyramid(k, block_size, levels)
+    v_pooled = hierarchy.pyramid(v, block_size, levels)
+    picks = hierarchy.select(
+        q_pooled, [None] + [jnp.repeat(x, heads // kv_heads, axis=2) for x in k_pooled[1:]],
+        block_size, topk)
+
+    def kernel_layout(x, level):
+        """Level-l keys [Bt, N_l, Hkv, D]: as blocks [Bt, N_l / B, B, Hkv, D] for l < L."""
+        x = x.astype(k.dtype)
+        if level < levels:
+            return x.reshape(batch, -1, block_size, kv_heads, head_dim)
+        return x
+
+    k_levels = tuple(kernel_layout(x, level)
+                     for level, x in enumerate([k, *k_pooled[1:]]))
+    v_levels = tuple(kernel_layout(x, level)
+                     for level, x in enumerate([v, *v_pooled[1:]]))
+    level_picks = tuple(picks[level].reshape(batch * heads, *picks[level].shape[2:])
+                        for level in range(1, levels + 1))
+    return k_levels, v_levels, level_picks
 
 
 @functools.partial(jax.jit, static_argnames=("block_size", "topk", "levels", "interpret"))
 def llsa_pallas_gpu(q, k, v, *, block_size, topk, levels, interpret):
     """q [Bt, N, H, D], k/v [Bt, N, Hkv, D] -> [Bt, N, H, D] (see `lla.attention.llsa`)."""
-    batch, tokens, heads, head_dim = q.shape
     config = _config(q, k, block_size=block_size, topk=topk, levels=levels,
                      interpret=interpret)
-    q_pooled = hierarchy.pyramid(jax.lax.stop_gradient(q), block_size, levels)
-    k_pooled = hierarchy.pyramid(k, block_size, levels)
-    v_pooled = hierarchy.pyramid(v, block_size, levels)
-    groups = heads // k.shape[2]
-    picks = hierarchy.select(
-        q_pooled, [None] + [jnp.repeat(x, groups, axis=1) for x in k_pooled[1:]],
-        block_size, topk)
-
-    def kernel_layout(x, level):
-        """Level-l keys in the kernels' layout: blocks for sparse levels, tokens for L."""
-        x = _rows(x).astype(k.dtype)
-        if level < levels:
-            return x.reshape(x.shape[0], -1, block_size, head_dim)
-        return x
-
-    k_levels = tuple(kernel_layout(x, level) for level, x in enumerate(k_pooled))
-    v_levels = tuple(kernel_layout(x, level) for level, x in enumerate(v_pooled))
-    level_picks = tuple(_rows(picks[level]) for level in range(1, levels + 1))
-    out = _attend(_rows(hierarchy.heads_major(q)), k_levels, v_levels, level_picks, config)
-    return hierarchy.heads_major(out.reshape(batch, heads, tokens, head_dim))
+    return attend(q, *prepare(q, k, v, block_size=block_size, topk=topk, levels=levels),
+                  config)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _attend(q, k_levels, v_levels, picks, config):
+def attend(q, k_levels, v_levels, picks, config):
+    """The kernels' attention, q [Bt, N, H, D] over `prepare`d levels -> [Bt, N, H, D];
+    differentiable in q, k_levels and v_levels."""
     return gpu.forward(q, k_levels, v_levels, picks, config)[0]
 
 
@@ -80,16 +86,17 @@ def _attend_fwd(q, k_levels, v_levels, picks, config):
 
 def _attend_bwd(config, residuals, d_out):
     q, k_levels, v_levels, picks, out, lse = residuals
-    delta = jnp.einsum("rnd,rnd->rn", out.astype(jnp.float32), d_out.astype(jnp.float32))
+    delta = jnp.einsum("bnhd,bnhd->bhn", out.astype(jnp.float32), d_out.astype(jnp.float32))
+    delta = delta.reshape(lse.shape)
     d_out = d_out.astype(q.dtype)
     dq = gpu.backward_dq(q, d_out, lse, delta, k_levels, v_levels, picks, config)
     dk_levels, dv_levels = [], []
     for level, (k, v) in enumerate(zip(k_levels, v_levels, strict=True)):
-        k_tokens = k.reshape(k.shape[0], -1, k.shape[-1])
+        k_tokens = k.reshape(k.shape[0], -1, *k.shape[-2:])  # [Bt, N_l, Hkv, D]
         v_tokens = v.reshape(k_tokens.shape)
         if level < config.levels:
-            offsets, groups = metadata.transpose_picks(picks[level], k_tokens.shape[1]
-                                                       // config.block_size)
+            offsets, groups = metadata.transpose_picks(
+                picks[level], k_tokens.shape[1] // config.block_size)
             dk, dv = gpu.backward_sparse_dkv(q, d_out, lse, delta, k_tokens, v_tokens,
                                              offsets, groups, level, config)
         else:
@@ -100,10 +107,11 @@ def _attend_bwd(config, residuals, d_out):
 
 
 def _sum_query_heads(grad: jax.Array, config: gpu.Config) -> jax.Array:
-    """[Bt·H, T, D] per query head -> [Bt·Hkv, T, D] summed over each GQA group."""
+    """[Bt, T, H, D] per query head -> [Bt, T, Hkv, D] summed over each GQA group."""
     group = config.heads // config.kv_heads
-    return grad.reshape(-1, config.kv_heads, group, *grad.shape[1:]).sum(2).reshape(
-        -1, *grad.shape[1:])
+    if group == 1:
+        return grad
+    return grad.reshape(*grad.shape[:2], config.kv_heads, group, grad.shape[-1]).sum(3)
 
 
-_attend.defvjp(_attend_fwd, _attend_bwd)
+attend.defvjp(_attend_fwd, _attend_bwd)

@@ -7,7 +7,7 @@ import json
 import pytest
 from absl.testing import flagsaver
 
-from experiments import bench_attention
+from experiments import bench_attention, benchmarking
 
 
 @pytest.fixture(autouse=True)
@@ -43,5 +43,5 @@ def test_entry_parsing_and_errors():
     with pytest.raises(ValueError, match="key=value"):
         bench_attention.Entry.parse("dense/causal")
     with pytest.raises(ValueError, match="BxNxHxD"):
-        bench_attention.parse_shape("huge")
-    assert bench_attention.parse_shape("dit256") == (1, 65536, 6, 64)
+        benchmarking.parse_shape("huge")
+    assert benchmarking.parse_shape("dit256") == (1, 65536, 6, 64)

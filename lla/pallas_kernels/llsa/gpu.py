@@ -1,14 +1,16 @@
 """LLSA attention kernels in Pallas (Triton lowering): forward, dQ, and dK/dV per level.
 
-Inputs are heads-major and batch·head-flattened. With B = block_size, K = topk, L = levels,
-N_l = N / B^l tokens at level l, R rows = batch·heads, Rkv = batch·kv_heads:
-  q                [R, N, D]
-  k[l], v[l]       [Rkv, N_l / B, B, D] for l < L (blocks), [Rkv, N_L, D] for l = L
-  picks[l]         int32 [R, N_l, K] for l = 1..L: level-(l-1) blocks picked by each
+Arrays keep the op's token-major layout (no transposes). With B = block_size, K = topk,
+L = levels, N_l = N / B^l tokens at level l, Bt batch, H query and Hkv kv heads, and the grid
+running over rows r = batch·H + head:
+  q, out, dq       [Bt, N, H, D]
+  k[l], v[l]       [Bt, N_l / B, B, Hkv, D] for l < L (blocks), [Bt, N_L, Hkv, D] for l = L
+  picks[l]         int32 [Bt·H, N_l, K] for l = 1..L: level-(l-1) blocks picked by each
                    level-l token (from `lla.attention.llsa_hierarchy.select`)
+  lse, delta       float32 [Bt·H, N]
 Query block b (B rows) attends, in one online softmax (log2 domain), to the K·B tokens of
 level l < L in blocks picks[l + 1][b // B^l] (weight B^l), then to all N_L coarsest tokens
-(weight B^L). Forward saves the output and the f32 natural-log lse [R, N].
+(weight B^L). Forward saves the output and the f32 natural-log lse.
 
 Backward: dQ per query block (same sweep as the forward); dK/dV of level l < L per key block
 from the key-major CSR transpose of picks[l + 1] (`metadata.transpose_picks`): key block j
@@ -44,13 +46,20 @@ class Config:
     kv_heads: int
     tokens: int
     head_dim: int
-    pick_chunk: int  # picks per key tile at the sparse levels (divides topk)
+    pick_chunk: int  # picks per key tile at the intermediate levels (divides topk)
+    query_blocks: int  # G: query blocks per forward/dQ program (divides block_size)
+    fine_chunk: int  # picks of each query block per fine key tile (divides topk)
     coarse_tile: int  # coarsest-level keys per tile (divides N_L)
     dkv_rows: int  # query rows per step in the dK/dV kernels (at most; divides N)
     coarse_splits: int  # query splits of the coarsest-level dK/dV (partials summed)
     num_warps: int = 4
     num_stages: int = 2
     interpret: bool = False
+
+    @property
+    def tile_rows(self) -> int:
+        """Query rows per forward/dQ program."""
+        return self.query_blocks * self.block_size
 
     @property
     def scale(self) -> float:
@@ -62,10 +71,20 @@ class Config:
     def log2_weight(self, level: int) -> float:
         return level * math.log2(self.block_size)
 
-    def kv_row(self, row):
-        """Row of k/v read by query row `row` (batch·head flattened, GQA)."""
-        group = self.heads // self.kv_heads
-        return (row // self.heads) * self.kv_heads + (row % self.heads) // group
+    def batch(self, row):
+        return row // self.heads
+
+    def head(self, row):
+        return row % self.heads
+
+    def kv_head(self, row):
+        """The kv head read by query row `row` (GQA: H / Hkv query heads per kv head)."""
+        return (row % self.heads) // (self.heads // self.kv_heads)
+
+    def query_spec(self, rows: int) -> pl.BlockSpec:
+        """`rows` consecutive tokens of one head of a [Bt, N, H, D] array (grid (i, row))."""
+        return pl.BlockSpec((None, rows, None, self.head_dim),
+                            lambda i, row: (self.batch(row), i, self.head(row), 0))
 
     def compiler_params(self):
         return plt.CompilerParams(num_warps=self.num_warps, num_stages=self.num_stages)
@@ -77,17 +96,27 @@ def largest_divisor_at_most(n: int, cap: int) -> int:
 
 
 def make_config(block_size, topk, levels, heads, kv_heads, tokens, head_dim, *,
-                interpret=False) -> Config:
-    """Default tiling: up to 4 picks (64 keys at B=16) per sparse tile, up to 64 keys per
-    coarsest tile, up to 64 query rows per dK/dV step, and enough coarsest-level query
-    splits for about 4096 programs per batch·head."""
+                interpret=False, **overrides) -> Config:
+    """Default tiling (tuned on an H200 at [1, 65536, 6, 64], experiments/tune_llsa.py):
+    query tiles of 4 blocks, each fine tile holding one pick of each block; up to 4 picks
+    (64 keys at B=16) per intermediate tile; up to 64 keys per coarsest tile; up to 64
+    query rows per dK/dV step; coarsest-level query splits for about 4096 programs per
+    batch·head. `overrides` replaces any field."""
     coarsest = tokens // block_size ** levels
     coarse_tile = largest_divisor_at_most(coarsest, 64)
     rows = largest_divisor_at_most(tokens, 64)
     splits = largest_divisor_at_most(tokens // rows, max(1, 4096 // (coarsest // coarse_tile)))
-    return Config(block_size, topk, levels, heads, kv_heads, tokens, head_dim,
-                  pick_chunk=largest_divisor_at_most(topk, 4), coarse_tile=coarse_tile,
-                  dkv_rows=rows, coarse_splits=splits, interpret=interpret)
+    config = Config(block_size, topk, levels, heads, kv_heads, tokens, head_dim,
+                    pick_chunk=largest_divisor_at_most(topk, 4),
+                    query_blocks=largest_divisor_at_most(block_size, 4), fine_chunk=1,
+                    coarse_tile=coarse_tile, dkv_rows=rows, coarse_splits=splits,
+                    interpret=interpret)
+    config = dataclasses.replace(config, **overrides)
+    if (block_size % config.query_blocks or topk % config.fine_chunk
+            or topk % config.pick_chunk):
+        raise ValueError(f"llsa kernels: query_blocks must divide block_size and fine_chunk "
+                         f"and pick_chunk must divide topk; got {config}")
+    return config
 
 
 def unsupported_reasons(config: Config) -> list[str]:
@@ -106,34 +135,62 @@ def unsupported_reasons(config: Config) -> list[str]:
 
 # ---- shared sweeps --------------------------------------------------------------------------
 
-def _sweep_keys(visit, carry, query_block, picks_refs, k_refs, v_refs, config: Config):
-    """carry = visit(carry, keys [M, D], values [M, D], log2_weight) over every key tile of
-    query block `query_block`: sparse levels 0..L-1, then the whole coarsest level."""
-    size, chunk = config.block_size, config.pick_chunk
-    for level in range(config.levels):
-        parent = query_block // size ** level
+def _sweep_keys(visit, carry, tile, picks_refs, k_refs, v_refs, config: Config):
+    """carry = visit(carry, keys [M, D], values [M, D], log2_weight, mask) over every key tile
+    of query tile `tile` (G = query_blocks consecutive query blocks, G·B rows): the fine
+    level, the intermediate levels 1..L-1, then the whole coarsest level.
+
+    The G query blocks of a tile share their parent at every level >= 1 (G divides B), so
+    those sources are read once per tile. Fine blocks differ per query block: a fine key
+    tile holds `fine_chunk` picks of each of the G query blocks and `mask` [G·B, M] keeps
+    each query block on its own picks (None when G = 1).
+    """
+    size, groups, dim = config.block_size, config.query_blocks, config.head_dim
+    first_block = tile * groups
+
+    chunk = config.fine_chunk
+    if groups == 1:
+        mask = None
+    else:
+        rows = lax.broadcasted_iota(jnp.int32, (groups * size, groups * chunk * size), 0)
+        cols = lax.broadcasted_iota(jnp.int32, (groups * size, groups * chunk * size), 1)
+        mask = rows // size == cols // (chunk * size)
+
+    def fine_step(t, carry):
+        blocks = picks_refs[0][pl.ds(first_block, groups), pl.ds(t * chunk, chunk)]
+        blocks = blocks.reshape(groups * chunk)
+        keys = k_refs[0][blocks].reshape(groups * chunk * size, dim)
+        values = v_refs[0][blocks].reshape(groups * chunk * size, dim)
+        return visit(carry, keys, values, 0.0, mask)
+
+    carry = lax.fori_loop(0, config.topk // chunk, fine_step, carry)
+
+    chunk = config.pick_chunk
+    for level in range(1, config.levels):
+        parent = first_block // size ** level
 
         def sparse_step(t, carry, level=level, parent=parent):
             blocks = picks_refs[level][parent, pl.ds(t * chunk, chunk)]
-            keys = k_refs[level][blocks].reshape(chunk * size, config.head_dim)
-            values = v_refs[level][blocks].reshape(chunk * size, config.head_dim)
-            return visit(carry, keys, values, config.log2_weight(level))
+            keys = k_refs[level][blocks].reshape(chunk * size, dim)
+            values = v_refs[level][blocks].reshape(chunk * size, dim)
+            return visit(carry, keys, values, config.log2_weight(level), None)
 
         carry = lax.fori_loop(0, config.topk // chunk, sparse_step, carry)
 
-    tile = config.coarse_tile
+    width = config.coarse_tile
 
     def coarse_step(t, carry):
-        keys = k_refs[-1][pl.ds(t * tile, tile), :]
-        values = v_refs[-1][pl.ds(t * tile, tile), :]
-        return visit(carry, keys, values, config.log2_weight(config.levels))
+        keys = k_refs[-1][pl.ds(t * width, width), :]
+        values = v_refs[-1][pl.ds(t * width, width), :]
+        return visit(carry, keys, values, config.log2_weight(config.levels), None)
 
-    return lax.fori_loop(0, config.level_tokens(config.levels) // tile, coarse_step, carry)
+    return lax.fori_loop(0, config.level_tokens(config.levels) // width, coarse_step, carry)
 
 
-def _log2_logits(q, keys, log2_weight, config: Config):
-    """[T, D] x [M, D] -> f32 [T, M] logits in log2 units, weight included."""
-    return plt.dot(q, keys, trans_b=True) * (config.scale * LOG2E) + log2_weight
+def _log2_logits(q, keys, log2_weight, config: Config, mask=None):
+    """[T, D] x [M, D] -> f32 [T, M] logits in log2 units, weight included, -inf off mask."""
+    logits = plt.dot(q, keys, trans_b=True) * (config.scale * LOG2E) + log2_weight
+    return logits if mask is None else jnp.where(mask, logits, -jnp.inf)
 
 
 def _split_refs(refs, config: Config):
@@ -150,9 +207,9 @@ def _forward_kernel(q_ref, *refs, config: Config):
     k_refs, v_refs, picks_refs, (out_ref, lse_ref) = _split_refs(refs, config)
     q = q_ref[...]
 
-    def visit(carry, keys, values, log2_weight):
+    def visit(carry, keys, values, log2_weight, mask):
         row_max, row_sum, acc = carry
-        logits = _log2_logits(q, keys, log2_weight, config)
+        logits = _log2_logits(q, keys, log2_weight, config, mask)
         new_max = jnp.maximum(row_max, logits.max(axis=1))
         correction = jnp.exp2(row_max - new_max)
         probs = jnp.exp2(logits - new_max[:, None])
@@ -160,7 +217,7 @@ def _forward_kernel(q_ref, *refs, config: Config):
         acc = acc * correction[:, None] + plt.dot(probs.astype(values.dtype), values)
         return new_max, row_sum, acc
 
-    rows = config.block_size
+    rows = config.tile_rows
     init = (jnp.full((rows,), -jnp.inf, jnp.float32), jnp.zeros((rows,), jnp.float32),
             jnp.zeros((rows, config.head_dim), jnp.float32))
     row_max, row_sum, acc = _sweep_keys(visit, init, pl.program_id(0), picks_refs, k_refs,
@@ -169,40 +226,37 @@ def _forward_kernel(q_ref, *refs, config: Config):
     lse_ref[...] = (row_max + jnp.log2(row_sum)) / LOG2E
 
 
-def _level_specs(config: Config, grid_rank: int):
-    """BlockSpecs of k/v (whole kv head) and picks (whole query head) for each level."""
-    def head(index_of_row):
-        if grid_rank == 2:
-            return lambda i, row: index_of_row(row)
-        return lambda i, row, s: index_of_row(row)
-
+def _level_specs(config: Config):
+    """BlockSpecs (grid (i, row)) of k/v (whole kv head) and picks (whole row), per level."""
     size, dim = config.block_size, config.head_dim
     kv_specs = []
     for level in range(config.levels):
         blocks = config.level_tokens(level) // size
-        kv_specs.append(pl.BlockSpec((None, blocks, size, dim),
-                                     head(lambda row: (config.kv_row(row), 0, 0, 0))))
-    kv_specs.append(pl.BlockSpec((None, config.level_tokens(config.levels), dim),
-                                 head(lambda row: (config.kv_row(row), 0, 0))))
+        kv_specs.append(pl.BlockSpec(
+            (None, blocks, size, None, dim),
+            lambda i, row: (config.batch(row), 0, 0, config.kv_head(row), 0)))
+    kv_specs.append(pl.BlockSpec(
+        (None, config.level_tokens(config.levels), None, dim),
+        lambda i, row: (config.batch(row), 0, config.kv_head(row), 0)))
     picks_specs = [pl.BlockSpec((None, config.level_tokens(level), config.topk),
-                                head(lambda row: (row, 0, 0)))
+                                lambda i, row: (row, 0, 0))
                    for level in range(1, config.levels + 1)]
     return kv_specs, picks_specs
 
 
 def forward(q, k_levels, v_levels, picks, config: Config):
-    """Output [R, N, D] in q's dtype and lse f32 [R, N] (natural log)."""
-    rows, tokens, dim = q.shape
-    size = config.block_size
-    kv_specs, picks_specs = _level_specs(config, 2)
-    query_spec = pl.BlockSpec((None, size, dim), lambda i, row: (row, i, 0))
+    """Output [Bt, N, H, D] in q's dtype and lse f32 [Bt·H, N] (natural log)."""
+    batch, tokens, heads, _ = q.shape
+    rows = config.tile_rows
+    kv_specs, picks_specs = _level_specs(config)
+    query_spec = config.query_spec(rows)
     return pl.pallas_call(
         functools.partial(_forward_kernel, config=config),
-        grid=(tokens // size, rows),
+        grid=(tokens // rows, batch * heads),
         in_specs=[query_spec, *kv_specs, *kv_specs, *picks_specs],
-        out_specs=[query_spec, pl.BlockSpec((None, size), lambda i, row: (row, i))],
+        out_specs=[query_spec, pl.BlockSpec((None, rows), lambda i, row: (row, i))],
         out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
-                   jax.ShapeDtypeStruct((rows, tokens), jnp.float32)],
+                   jax.ShapeDtypeStruct((batch * heads, tokens), jnp.float32)],
         compiler_params=config.compiler_params(),
         interpret=config.interpret,
         name="llsa_forward",
@@ -217,8 +271,9 @@ def _dq_kernel(q_ref, d_out_ref, lse_ref, delta_ref, *refs, config: Config):
     log2_lse = lse_ref[...] * LOG2E
     delta = delta_ref[...]
 
-    def visit(dq, keys, values, log2_weight):
-        probs = jnp.exp2(_log2_logits(q, keys, log2_weight, config) - log2_lse[:, None])
+    def visit(dq, keys, values, log2_weight, mask):
+        logits = _log2_logits(q, keys, log2_weight, config, mask)
+        probs = jnp.exp2(logits - log2_lse[:, None])
         d_logits = probs * (plt.dot(d_out, values, trans_b=True) - delta[:, None])
         return dq + plt.dot(d_logits.astype(keys.dtype), keys)
 
@@ -228,15 +283,15 @@ def _dq_kernel(q_ref, d_out_ref, lse_ref, delta_ref, *refs, config: Config):
 
 
 def backward_dq(q, d_out, lse, delta, k_levels, v_levels, picks, config: Config):
-    """dQ [R, N, D] in q's dtype; delta = rowsum(out * d_out) f32 [R, N]."""
-    rows, tokens, dim = q.shape
-    size = config.block_size
-    kv_specs, picks_specs = _level_specs(config, 2)
-    query_spec = pl.BlockSpec((None, size, dim), lambda i, row: (row, i, 0))
-    row_spec = pl.BlockSpec((None, size), lambda i, row: (row, i))
+    """dQ [Bt, N, H, D] in q's dtype; delta = rowsum(out * d_out) f32 [Bt·H, N]."""
+    batch, tokens, heads, _ = q.shape
+    rows = config.tile_rows
+    kv_specs, picks_specs = _level_specs(config)
+    query_spec = config.query_spec(rows)
+    row_spec = pl.BlockSpec((None, rows), lambda i, row: (row, i))
     return pl.pallas_call(
         functools.partial(_dq_kernel, config=config),
-        grid=(tokens // size, rows),
+        grid=(tokens // rows, batch * heads),
         in_specs=[query_spec, query_spec, row_spec, row_spec, *kv_specs, *kv_specs,
                   *picks_specs],
         out_specs=query_spec,
@@ -288,26 +343,41 @@ def _sparse_dkv_kernel(q_ref, d_out_ref, lse_ref, delta_ref, k_ref, v_ref, offse
     dv_ref[...] = dv
 
 
-def backward_sparse_dkv(q, d_out, lse, delta, k, v, offsets, groups, level, config: Config):
-    """dK, dV (f32, per query head, [R, N_l, D]) of sparse level `level` < L.
+def _whole_query_specs(config: Config):
+    """Specs of q and d_out (one whole head) and lse and delta (one whole row) for grids
+    (j, row, ...)."""
 
-    k, v: [Rkv, N_l, D] level-l keys; offsets/groups: `transpose_picks(picks[level + 1])`.
+    def query_index(j, row, *_):
+        return config.batch(row), 0, config.head(row), 0
+
+    def row_index(j, row, *_):
+        return row, 0
+
+    query_spec = pl.BlockSpec((None, config.tokens, None, config.head_dim), query_index)
+    row_spec = pl.BlockSpec((None, config.tokens), row_index)
+    return [query_spec, query_spec, row_spec, row_spec]
+
+
+def backward_sparse_dkv(q, d_out, lse, delta, k, v, offsets, groups, level, config: Config):
+    """dK, dV (f32, per query head, [Bt, N_l, H, D]) of sparse level `level` < L.
+
+    k, v: [Bt, N_l, Hkv, D] level-l keys; offsets/groups: `transpose_picks(picks[level + 1])`.
     """
-    rows, tokens, dim = q.shape
+    batch, _, heads, dim = q.shape
     size = config.block_size
     level_tokens = k.shape[1]
-    whole_queries = pl.BlockSpec((None, tokens, dim), lambda j, row: (row, 0, 0))
-    whole_rows = pl.BlockSpec((None, tokens), lambda j, row: (row, 0))
-    key_spec = pl.BlockSpec((None, size, dim), lambda j, row: (config.kv_row(row), j, 0))
-    out_spec = pl.BlockSpec((None, size, dim), lambda j, row: (row, j, 0))
+    key_spec = pl.BlockSpec((None, size, None, dim),
+                            lambda j, row: (config.batch(row), j, config.kv_head(row), 0))
+    out_spec = pl.BlockSpec((None, size, None, dim),
+                            lambda j, row: (config.batch(row), j, config.head(row), 0))
     return pl.pallas_call(
         functools.partial(_sparse_dkv_kernel, level=level, config=config),
-        grid=(level_tokens // size, rows),
-        in_specs=[whole_queries, whole_queries, whole_rows, whole_rows, key_spec, key_spec,
+        grid=(level_tokens // size, batch * heads),
+        in_specs=[*_whole_query_specs(config), key_spec, key_spec,
                   pl.BlockSpec((None, offsets.shape[1]), lambda j, row: (row, 0)),
                   pl.BlockSpec((None, groups.shape[1]), lambda j, row: (row, 0))],
         out_specs=[out_spec, out_spec],
-        out_shape=[jax.ShapeDtypeStruct((rows, level_tokens, dim), jnp.float32)] * 2,
+        out_shape=[jax.ShapeDtypeStruct((batch, level_tokens, heads, dim), jnp.float32)] * 2,
         compiler_params=config.compiler_params(),
         interpret=config.interpret,
         name=f"llsa_backward_dkv_level{level}",
@@ -333,20 +403,21 @@ def _coarse_dkv_kernel(q_ref, d_out_ref, lse_ref, delta_ref, k_ref, v_ref, dk_re
 
 
 def backward_coarse_dkv(q, d_out, lse, delta, k, v, config: Config):
-    """dK, dV (f32, per query head, [R, N_L, D]) of the coarsest level (all queries)."""
-    rows, tokens, dim = q.shape
+    """dK, dV (f32, per query head, [Bt, N_L, H, D]) of the coarsest level (all queries)."""
+    batch, _, heads, dim = q.shape
     tile, splits = config.coarse_tile, config.coarse_splits
     level_tokens = k.shape[1]
-    whole_queries = pl.BlockSpec((None, tokens, dim), lambda j, row, s: (row, 0, 0))
-    whole_rows = pl.BlockSpec((None, tokens), lambda j, row, s: (row, 0))
-    key_spec = pl.BlockSpec((None, tile, dim), lambda j, row, s: (config.kv_row(row), j, 0))
-    out_spec = pl.BlockSpec((None, None, tile, dim), lambda j, row, s: (s, row, j, 0))
+    key_spec = pl.BlockSpec((None, tile, None, dim),
+                            lambda j, row, s: (config.batch(row), j, config.kv_head(row), 0))
+    out_spec = pl.BlockSpec((None, None, tile, None, dim),
+                            lambda j, row, s: (s, config.batch(row), j, config.head(row), 0))
     dk, dv = pl.pallas_call(
         functools.partial(_coarse_dkv_kernel, config=config),
-        grid=(level_tokens // tile, rows, splits),
-        in_specs=[whole_queries, whole_queries, whole_rows, whole_rows, key_spec, key_spec],
+        grid=(level_tokens // tile, batch * heads, splits),
+        in_specs=[*_whole_query_specs(config), key_spec, key_spec],
         out_specs=[out_spec, out_spec],
-        out_shape=[jax.ShapeDtypeStruct((splits, rows, level_tokens, dim), jnp.float32)] * 2,
+        out_shape=[jax.ShapeDtypeStruct((splits, batch, level_tokens, heads, dim),
+                                        jnp.float32)] * 2,
         compiler_params=config.compiler_params(),
         interpret=config.interpret,
         name="llsa_backward_dkv_coarsest",

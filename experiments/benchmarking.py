@@ -1,0 +1,79 @@
+"""Shared benchmark helpers: named shapes, inputs, a device-synchronised timer, error metric.
+
+No flags here, so every experiment script can import it."""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+SHAPES = {
+    "tiny": (1, 256, 2, 32),
+    "small": (1, 2048, 4, 64),
+    "s16k": (1, 16384, 6, 64),
+    "dit256": (1, 65536, 6, 64),
+    "dit512": (1, 262144, 6, 64),
+    "dit1024": (1, 1048576, 6, 64),
+    "b2h4": (2, 65536, 4, 64),
+    "h64": (1, 65536, 64, 64),
+}
+
+
+def parse_shape(name: str) -> tuple[int, int, int, int]:
+    """A named shape from SHAPES or 'BxNxHxD' -> (B, N, H, D)."""
+    if name in SHAPES:
+        return SHAPES[name]
+    if re.fullmatch(r"\d+x\d+x\d+x\d+", name):
+        return tuple(int(x) for x in name.split("x"))
+    raise ValueError(f"unknown shape {name!r}: use one of {sorted(SHAPES)} or BxNxHxD")
+
+
+def device_slug() -> str:
+    """'nvidia_h100_80gb_hbm3', 'cpu', ...: the results folder for this machine."""
+    device = jax.devices()[0]
+    kind = device.platform if device.platform == "cpu" else device.device_kind
+    return re.sub(r"[^a-z0-9]+", "_", kind.lower()).strip("_")
+
+
+def median_seconds(fn, args, *, samples: int, warmup: int, sample_seconds: float) -> float:
+    """Median time of one call of the compiled `fn(*args)`, measured in back-to-back batches."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    inner = max(1, math.ceil(sample_seconds / max(time.perf_counter() - start, 1e-6)))
+    times = []
+    for _ in range(samples):
+        start = time.perf_counter()
+        for _ in range(inner):
+            out = fn(*args)
+        jax.block_until_ready(out)
+        times.append((time.perf_counter() - start) / inner)
+    return statistics.median(times)
+
+
+def relative_error(actual, expected) -> float:
+    """‖actual − expected‖ / ‖expected‖ computed in float32 on the device."""
+    actual = jnp.asarray(actual, jnp.float32)
+    expected = jnp.asarray(expected, jnp.float32)
+    return float(jnp.linalg.norm(actual - expected) / jnp.maximum(jnp.linalg.norm(expected),
+                                                                   1e-30))
+
+
+def vjp_function(forward):
+    """(q, k, v, cotangent) -> (dq, dk, dv) of `forward(q, k, v)`."""
+    def run(q, k, v, cotangent):
+        return jax.vjp(forward, q, k, v)[1](cotangent)
+    return run
+
+
+def inputs(shape, dtype, seed=0):
+    """Unit-normal (q, k, v) of `shape` in `dtype` and a cotangent of the same shape."""
+    keys = jax.random.split(jax.random.key(seed), 4)
+    q, k, v, cotangent = (jax.random.normal(key, shape, jnp.float32) for key in keys)
+    return tuple(x.astype(dtype) for x in (q, k, v)), cotangent.astype(dtype)
