@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from experiments import benchmarking as bench
+from lla.attention import llsa_hierarchy as hierarchy
 from lla.attention.llsa_pallas import attend, prepare
 from lla.pallas_kernels.llsa import gpu
 
@@ -49,13 +50,19 @@ def parse_variants(text: str) -> list[dict]:
 def tune_shape(shape, variants, static, timing) -> dict:
     _, tokens, heads, head_dim = shape
     (q, k, v), cotangent = bench.inputs(shape, jnp.bfloat16)
-    prepare_fn = jax.jit(lambda q, k, v: prepare(q, k, v, **static))
-    inputs = (q, *prepare_fn(q, k, v))
-    report = {"shape": list(shape), "prepare_s": bench.median_seconds(prepare_fn, (q, k, v),
-                                                                      **timing)}
     config_args = dict(**static, heads=heads, kv_heads=heads, tokens=tokens, head_dim=head_dim,
                        interpret=FLAGS.interpret)
     default = gpu.make_config(**config_args)
+    prepare_fn = jax.jit(lambda q, k, v: prepare(q, k, v, default))
+    inputs = (q, *prepare_fn(q, k, v))
+    report = {"shape": list(shape), "prepare_s": bench.median_seconds(prepare_fn, (q, k, v),
+                                                                      **timing)}
+    pool_fn = jax.jit(lambda x: hierarchy.pyramid(x, static["block_size"], static["levels"]))
+    report["pool_one_input_s"] = bench.median_seconds(pool_fn, (q,), **timing)
+    pooled = pool_fn(q), pool_fn(k)
+    select_fn = jax.jit(lambda q_levels, k_levels: hierarchy.select(
+        q_levels, k_levels, static["block_size"], static["topk"]))
+    report["select_s"] = bench.median_seconds(select_fn, pooled, **timing)
     expected = jax.jit(lambda *x: attend(*x, default))(*inputs)
     rows = []
     for overrides in [{}, *variants]:
@@ -73,7 +80,9 @@ def tune_shape(shape, variants, static, timing) -> dict:
         print(f"{shape} {overrides}: error {error:.1e} "
               f"fwd {row.get('forward_kernel_s', float('nan')) * 1e3:.3f} ms "
               f"fwd+bwd {row.get('fwd_bwd_kernels_s', float('nan')) * 1e3:.3f} ms", flush=True)
-    print(f"{shape} prepare (pool + select): {report['prepare_s'] * 1e3:.3f} ms", flush=True)
+    print(f"{shape} prepare (pool + select): {report['prepare_s'] * 1e3:.3f} ms; pool one "
+          f"input {report['pool_one_input_s'] * 1e3:.3f} ms; select "
+          f"{report['select_s'] * 1e3:.3f} ms", flush=True)
     return {**report, "variants": rows}
 
 

@@ -81,6 +81,38 @@ def gather_tokens(x: jax.Array, index: jax.Array) -> jax.Array:
     return gathered.reshape(*index.shape, x.shape[-1])
 
 
+def select_coarsest(q_level: jax.Array, k_level: jax.Array, topk: int) -> jax.Array:
+    """Dense top-K at the coarsest level: q_level, k_level [Bt, N_L, H, D] (k with q's
+    heads) -> int32 [Bt, H, N_L, K], ascending (no gradient)."""
+    q_level = lax.stop_gradient(heads_major(q_level).astype(jnp.float32))
+    k_level = lax.stop_gradient(heads_major(k_level).astype(jnp.float32))
+    scores = jnp.einsum("bhqd,bhkd->bhqk", q_level, k_level, precision=lax.Precision.HIGHEST)
+    return jnp.sort(lax.top_k(scores, topk)[1].astype(jnp.int32), axis=-1)
+
+
+def select_children(q_level: jax.Array, k_level: jax.Array, parent_picks: jax.Array,
+                    block_size: int, topk: int) -> jax.Array:
+    """Sparse top-K at level l < L: each level-l query keeps the top-K of the K·B children
+    of its parent's picks.
+
+    Args:
+      q_level, k_level: [Bt, N_l, H, D] (k with q's heads).
+      parent_picks: int32 [Bt, H, N_l / B, K], ascending: the level-(l+1) picks.
+
+    Returns:
+      int32 [Bt, H, N_l, K], ascending (no gradient).
+    """
+    q_level = lax.stop_gradient(heads_major(q_level).astype(jnp.float32))
+    k_level = lax.stop_gradient(heads_major(k_level).astype(jnp.float32))
+    candidates = children(parent_picks, block_size)  # [Bt, H, P, K·B], ascending
+    keys = gather_tokens(k_level, candidates)  # [Bt, H, P, K·B, D]
+    queries = q_level.reshape(*keys.shape[:3], block_size, -1)  # [Bt, H, P, B, D]
+    scores = jnp.einsum("bhpqd,bhpcd->bhpqc", queries, keys, precision=lax.Precision.HIGHEST)
+    positions = jnp.sort(lax.top_k(scores, topk)[1], axis=-1)  # [Bt, H, P, B, K]
+    chosen = jnp.take_along_axis(candidates[..., None, :], positions, axis=-1)
+    return chosen.reshape(*chosen.shape[:2], -1, topk).astype(jnp.int32)
+
+
 def select(q_levels: list[jax.Array], k_levels: list[jax.Array], block_size: int,
            topk: int) -> dict[int, jax.Array]:
     """Hierarchical top-K selection (no gradient).
@@ -96,20 +128,8 @@ def select(q_levels: list[jax.Array], k_levels: list[jax.Array], block_size: int
       each level-0 query block.
     """
     levels = len(q_levels) - 1
-    q_levels = [None] + [lax.stop_gradient(heads_major(x).astype(jnp.float32))
-                         for x in q_levels[1:]]
-    k_levels = [None] + [lax.stop_gradient(heads_major(x).astype(jnp.float32))
-                         for x in k_levels[1:]]
-    scores = jnp.einsum("bhqd,bhkd->bhqk", q_levels[levels], k_levels[levels],
-                        precision=lax.Precision.HIGHEST)
-    picks = {levels: jnp.sort(lax.top_k(scores, topk)[1].astype(jnp.int32), axis=-1)}
+    picks = {levels: select_coarsest(q_levels[levels], k_levels[levels], topk)}
     for level in range(levels - 1, 0, -1):
-        candidates = children(picks[level + 1], block_size)  # [Bt, H, P, K·B], ascending
-        keys = gather_tokens(k_levels[level], candidates)  # [Bt, H, P, K·B, D]
-        queries = q_levels[level].reshape(*keys.shape[:3], block_size, -1)  # [Bt, H, P, B, D]
-        scores = jnp.einsum("bhpqd,bhpcd->bhpqc", queries, keys,
-                            precision=lax.Precision.HIGHEST)
-        positions = jnp.sort(lax.top_k(scores, topk)[1], axis=-1)  # [Bt, H, P, B, K]
-        chosen = jnp.take_along_axis(candidates[..., None, :], positions, axis=-1)
-        picks[level] = chosen.reshape(*chosen.shape[:2], -1, topk).astype(jnp.int32)
+        picks[level] = select_children(q_levels[level], k_levels[level], picks[level + 1],
+                                       block_size, topk)
     return picks

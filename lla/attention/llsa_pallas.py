@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from lla.attention import llsa_hierarchy as hierarchy
-from lla.pallas_kernels.llsa import gpu, metadata
+from lla.pallas_kernels.llsa import gpu, metadata, selection
 
 
 def _config(q, k, *, block_size, topk, levels, interpret) -> gpu.Config:
@@ -35,32 +35,33 @@ def unsupported_reasons(q, k, v, *, block_size, topk, levels, interpret):
     return reasons + gpu.unsupported_reasons(config)
 
 
-def prepare(q, k, v, *, block_size, topk, levels):
-    """Pools and selects in XLA; returns the kernels' k and v levels (L + 1 each, in k's
-    dtype, layouts in `gpu`) and picks (L arrays, int32 [Bt·H, N / B^l, K])."""
+def prepare(q, k, v, config: gpu.Config):
+    """Pools in XLA and selects (coarsest level in XLA, the others with the
+    `selection.select_children` kernel); returns the kernels' k and v levels (L + 1 each, in
+    k's dtype, layouts in `gpu`) and picks (L arrays, int32 [Bt·H, N / B^l, K])."""
     batch, _, heads, head_dim = q.shape
-    kv_heads = k.shape[2]
-    q_pooled = hierarchy.pyramid(jax.lax.stop_gradient(q), block_size, levels)
-    k_pooled = hierarchy.pyramid(k, block_size, levels)
-    v_pooled = hierarchy.pyramid(v, block_size, levels)
-    picks = hierarchy.select(
-        q_pooled, [None] + [jnp.repeat(x, heads // kv_heads, axis=2) for x in k_pooled[1:]],
-        block_size, topk)
+    kv_heads, size, levels = k.shape[2], config.block_size, config.levels
+    q_pooled = hierarchy.pyramid(jax.lax.stop_gradient(q), size, levels)
+    k_pooled = hierarchy.pyramid(k, size, levels)
+    v_pooled = hierarchy.pyramid(v, size, levels)
 
-    def kernel_layout(x, level):
-        """Level-l keys [Bt, N_l, Hkv, D]: as blocks [Bt, N_l / B, B, Hkv, D] for l < L."""
-        x = x.astype(k.dtype)
-        if level < levels:
-            return x.reshape(batch, -1, block_size, kv_heads, head_dim)
-        return x
+    def as_blocks(x):
+        """[Bt, N_l, Hkv, D] -> [Bt, N_l / B, B, Hkv, D]."""
+        return x.reshape(batch, -1, size, kv_heads, head_dim)
 
-    k_levels = tuple(kernel_layout(x, level)
-                     for level, x in enumerate([k, *k_pooled[1:]]))
-    v_levels = tuple(kernel_layout(x, level)
-                     for level, x in enumerate([v, *v_pooled[1:]]))
-    level_picks = tuple(picks[level].reshape(batch * heads, *picks[level].shape[2:])
-                        for level in range(1, levels + 1))
-    return k_levels, v_levels, level_picks
+    coarsest = hierarchy.select_coarsest(
+        q_pooled[levels], jnp.repeat(k_pooled[levels], heads // kv_heads, axis=2),
+        config.topk)
+    picks = {levels: coarsest.reshape(batch * heads, *coarsest.shape[2:])}
+    for level in range(levels - 1, 0, -1):
+        picks[level] = selection.select_children(
+            q_pooled[level], as_blocks(jax.lax.stop_gradient(k_pooled[level])),
+            picks[level + 1], config)
+    k_levels = (as_blocks(k), *(as_blocks(x.astype(k.dtype)) for x in k_pooled[1:levels]),
+                k_pooled[levels].astype(k.dtype))
+    v_levels = (as_blocks(v), *(as_blocks(x.astype(v.dtype)) for x in v_pooled[1:levels]),
+                v_pooled[levels].astype(v.dtype))
+    return k_levels, v_levels, tuple(picks[level] for level in range(1, levels + 1))
 
 
 @functools.partial(jax.jit, static_argnames=("block_size", "topk", "levels", "interpret"))
@@ -68,8 +69,7 @@ def llsa_pallas_gpu(q, k, v, *, block_size, topk, levels, interpret):
     """q [Bt, N, H, D], k/v [Bt, N, Hkv, D] -> [Bt, N, H, D] (see `lla.attention.llsa`)."""
     config = _config(q, k, block_size=block_size, topk=topk, levels=levels,
                      interpret=interpret)
-    return attend(q, *prepare(q, k, v, block_size=block_size, topk=topk, levels=levels),
-                  config)
+    return attend(q, *prepare(q, k, v, config), config)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))

@@ -100,12 +100,13 @@ def make_config(block_size, topk, levels, heads, kv_heads, tokens, head_dim, *,
     """Default tiling (tuned on an H200 at [1, 65536, 6, 64], experiments/tune_llsa.py):
     query tiles of 4 blocks, each fine tile holding one pick of each block; up to 4 picks
     (64 keys at B=16) per intermediate tile; up to 64 keys per coarsest tile; up to 64
-    query rows per dK/dV step; coarsest-level query splits for about 4096 programs per
-    batch·head. `overrides` replaces any field."""
+    query rows per dK/dV step; coarsest-level query splits for about 1024 programs per batch
+    element. `overrides` replaces any field."""
     coarsest = tokens // block_size ** levels
     coarse_tile = largest_divisor_at_most(coarsest, 64)
     rows = largest_divisor_at_most(tokens, 64)
-    splits = largest_divisor_at_most(tokens // rows, max(1, 4096 // (coarsest // coarse_tile)))
+    programs_per_split = (coarsest // coarse_tile) * heads
+    splits = largest_divisor_at_most(tokens // rows, max(1, 1024 // programs_per_split))
     config = Config(block_size, topk, levels, heads, kv_heads, tokens, head_dim,
                     pick_chunk=largest_divisor_at_most(topk, 4),
                     query_blocks=largest_divisor_at_most(block_size, 4), fine_chunk=1,
