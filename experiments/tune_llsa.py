@@ -24,7 +24,7 @@ from absl import app, flags
 from experiments import benchmarking as bench
 from lla.attention import llsa_hierarchy as hierarchy
 from lla.attention.llsa_pallas import attend, prepare
-from lla.pallas_kernels.llsa import gpu
+from lla.pallas_kernels.llsa import gpu, selection
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("shapes", ["dit256"], "named shapes or BxNxHxD")
@@ -48,7 +48,7 @@ def parse_variants(text: str) -> list[dict]:
 
 
 def tune_shape(shape, variants, static, timing) -> dict:
-    _, tokens, heads, head_dim = shape
+    batch, tokens, heads, head_dim = shape
     (q, k, v), cotangent = bench.inputs(shape, jnp.bfloat16)
     config_args = dict(**static, heads=heads, kv_heads=heads, tokens=tokens, head_dim=head_dim,
                        interpret=FLAGS.interpret)
@@ -57,12 +57,19 @@ def tune_shape(shape, variants, static, timing) -> dict:
     inputs = (q, *prepare_fn(q, k, v))
     report = {"shape": list(shape), "prepare_s": bench.median_seconds(prepare_fn, (q, k, v),
                                                                       **timing)}
-    pool_fn = jax.jit(lambda x: hierarchy.pyramid(x, static["block_size"], static["levels"]))
+    size, levels = static["block_size"], static["levels"]
+    pool_fn = jax.jit(lambda x: hierarchy.pyramid(x, size, levels)[1:])
     report["pool_one_input_s"] = bench.median_seconds(pool_fn, (q,), **timing)
-    pooled = pool_fn(q), pool_fn(k)
-    select_fn = jax.jit(lambda q_levels, k_levels: hierarchy.select(
-        q_levels, k_levels, static["block_size"], static["topk"]))
-    report["select_s"] = bench.median_seconds(select_fn, pooled, **timing)
+    q_pooled, k_pooled = [None, *pool_fn(q)], [None, *pool_fn(k)]
+    coarsest_fn = jax.jit(lambda a, b: hierarchy.select_coarsest(a, b, static["topk"]))
+    report["select_coarsest_s"] = bench.median_seconds(
+        coarsest_fn, (q_pooled[levels], k_pooled[levels]), **timing)
+    children_fn = jax.jit(lambda qs, ks, top: [selection.select_children(
+        qs[level], ks[level].reshape(batch, -1, size, heads, head_dim), top, default)
+        for level in range(levels - 1, 0, -1)])
+    top_picks = inputs[3][-1]
+    report["select_children_kernels_s"] = bench.median_seconds(
+        children_fn, (q_pooled, k_pooled, top_picks), **timing)
     expected = jax.jit(lambda *x: attend(*x, default))(*inputs)
     rows = []
     for overrides in [{}, *variants]:
@@ -81,8 +88,9 @@ def tune_shape(shape, variants, static, timing) -> dict:
               f"fwd {row.get('forward_kernel_s', float('nan')) * 1e3:.3f} ms "
               f"fwd+bwd {row.get('fwd_bwd_kernels_s', float('nan')) * 1e3:.3f} ms", flush=True)
     print(f"{shape} prepare (pool + select): {report['prepare_s'] * 1e3:.3f} ms; pool one "
-          f"input {report['pool_one_input_s'] * 1e3:.3f} ms; select "
-          f"{report['select_s'] * 1e3:.3f} ms", flush=True)
+          f"input {report['pool_one_input_s'] * 1e3:.3f} ms; coarsest select "
+          f"{report['select_coarsest_s'] * 1e3:.3f} ms; children select kernels "
+          f"{report['select_children_kernels_s'] * 1e3:.3f} ms", flush=True)
     return {**report, "variants": rows}
 
 
