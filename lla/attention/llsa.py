@@ -29,6 +29,8 @@ from lla.attention import llsa_hierarchy as hierarchy
 from lla.attention import registry
 from lla.attention.llsa_pallas import llsa_pallas_gpu
 from lla.attention.llsa_pallas import unsupported_reasons as pallas_gpu_reasons
+from lla.attention.llsa_pallas_tpu import llsa_pallas_tpu
+from lla.attention.llsa_pallas_tpu import unsupported_reasons as pallas_tpu_reasons
 from lla.attention.validation import check_qkv
 
 
@@ -51,7 +53,8 @@ def llsa(
       block_size: tokens per block and pooling window (B >= 2).
       topk: blocks kept per query block at every level (K <= N / B^L).
       levels: L >= 1; None means max(1, floor(log_B(N) - 1)).
-      implementation: None (best available), "xla", "pallas_gpu", or a sequence of names.
+      implementation: None (best available), "xla", "pallas_gpu", "pallas_tpu", or a
+        sequence of names.
       interpret: run Pallas kernels in interpret mode (any platform, for tests).
 
     Returns:
@@ -130,6 +133,8 @@ LLSA = registry.register(registry.AttentionOp(
     implementations={
         "pallas_gpu": registry.Implementation("pallas_gpu", llsa_pallas_gpu, pallas_gpu_reasons,
                                               ("gpu",)),
+        "pallas_tpu": registry.Implementation("pallas_tpu", llsa_pallas_tpu, pallas_tpu_reasons,
+                                              ("tpu",)),
         "xla": registry.Implementation("xla", _xla, _xla_reasons, ("cpu", "gpu", "tpu")),
     },
     summary="log-linear sparse attention: hierarchical top-K + weighted coarse levels",

@@ -1,5 +1,6 @@
 """LLSA implementations against the "xla" reference (which `test_llsa_reference.py` holds to
-a brute-force oracle): the Pallas GPU kernels in interpret mode on CPU, compiled on a GPU."""
+a brute-force oracle): the Pallas GPU kernels in interpret mode on CPU and compiled on a GPU,
+the TPU kernels in TPU interpret mode."""
 
 from __future__ import annotations
 
@@ -22,6 +23,20 @@ class LlsaTestBase(AttentionOpTestBase):
         return attention.llsa(q, k, v, implementation="xla", **static, **kwargs)
 
 
+def assert_interpret_matches_reference(implementation, shape, static):
+    """Output and VJP of `implementation` in interpret mode within 1e-5 of "xla" (float32)."""
+    q, k, v = random_qkv(shape)
+    cotangent = jax.random.normal(jax.random.key(4), q.shape)
+    with jax.default_matmul_precision("highest"):
+        out, vjp = jax.vjp(lambda *x: attention.llsa(
+            *x, implementation=implementation, interpret=True, **static), q, k, v)
+        expected, expected_vjp = jax.vjp(lambda *x: attention.llsa(
+            *x, implementation="xla", **static), q, k, v)
+        assert relative_error(out, expected) < 1e-5
+        for grad, expected_grad in zip(vjp(cotangent), expected_vjp(cotangent), strict=True):
+            assert relative_error(grad, expected_grad) < 1e-5
+
+
 class TestLlsaPallasInterpret(LlsaTestBase):
     implementation = "pallas_gpu"
     op_kwargs = dict(block_size=4, topk=2, levels=2, interpret=True)  # noqa: RUF012
@@ -37,16 +52,20 @@ class TestLlsaPallasInterpret(LlsaTestBase):
     ],
 )
 def test_pallas_interpret_levels_and_block_sizes(shape, static):
-    q, k, v = random_qkv(shape)
-    cotangent = jax.random.normal(jax.random.key(4), q.shape)
-    with jax.default_matmul_precision("highest"):
-        out, vjp = jax.vjp(lambda *x: attention.llsa(
-            *x, implementation="pallas_gpu", interpret=True, **static), q, k, v)
-        expected, expected_vjp = jax.vjp(lambda *x: attention.llsa(
-            *x, implementation="xla", **static), q, k, v)
-        assert relative_error(out, expected) < 1e-5
-        for grad, expected_grad in zip(vjp(cotangent), expected_vjp(cotangent), strict=True):
-            assert relative_error(grad, expected_grad) < 1e-5
+    assert_interpret_matches_reference("pallas_gpu", shape, static)
+
+
+@pytest.mark.parametrize(
+    ("shape", "static"),
+    [
+        ((1, 64, 64, 2, 2, 16), dict(block_size=4, topk=2, levels=2)),
+        ((1, 32, 32, 4, 2, 8), dict(block_size=4, topk=3, levels=1)),
+    ],
+)
+def test_pallas_tpu_interpret_matches_reference(shape, static):
+    """TPU kernels in TPU interpret mode (uninitialised buffers NaN-poisoned) against the
+    reference; small, as the TPU interpreter runs every grid step on the host."""
+    assert_interpret_matches_reference("pallas_tpu", shape, static)
 
 
 @pytest.mark.gpu
@@ -66,5 +85,8 @@ def test_pallas_gpu_reasons_on_cpu():
     with pytest.raises(attention.NoImplementationError,
                        match=r"block_size 4 must be a power of two >= 16.*head_dim 24"):
         attention.llsa(q, k, v, block_size=4, topk=2, implementation="pallas_gpu")
+    if jax.default_backend() != "tpu":
+        with pytest.raises(attention.NoImplementationError, match="pallas_tpu: needs a TPU"):
+            attention.llsa(q, k, v, block_size=4, topk=2, implementation="pallas_tpu")
     default = attention.llsa(q, k, v, block_size=4, topk=2)  # falls back to "xla" on CPU
     assert default.shape == q.shape

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -32,20 +31,13 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
-LOG2E = math.log2(math.e)
+from lla.pallas_kernels.llsa.common import LOG2E, Hierarchy, largest_divisor_at_most
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """Static shape and tiling parameters of one LLSA call."""
+class Config(Hierarchy):
+    """Shape and GPU tiling of one LLSA call."""
 
-    block_size: int
-    topk: int
-    levels: int
-    heads: int
-    kv_heads: int
-    tokens: int
-    head_dim: int
     pick_chunk: int  # picks per key tile at the intermediate levels (divides topk)
     query_blocks: int  # G: query blocks per forward/dQ program (divides block_size)
     fine_chunk: int  # picks of each query block per fine key tile (divides topk)
@@ -61,26 +53,6 @@ class Config:
         """Query rows per forward/dQ program."""
         return self.query_blocks * self.block_size
 
-    @property
-    def scale(self) -> float:
-        return self.head_dim ** -0.5
-
-    def level_tokens(self, level: int) -> int:
-        return self.tokens // self.block_size ** level
-
-    def log2_weight(self, level: int) -> float:
-        return level * math.log2(self.block_size)
-
-    def batch(self, row):
-        return row // self.heads
-
-    def head(self, row):
-        return row % self.heads
-
-    def kv_head(self, row):
-        """The kv head read by query row `row` (GQA: H / Hkv query heads per kv head)."""
-        return (row % self.heads) // (self.heads // self.kv_heads)
-
     def query_spec(self, rows: int) -> pl.BlockSpec:
         """`rows` consecutive tokens of one head of a [Bt, N, H, D] array (grid (i, row))."""
         return pl.BlockSpec((None, rows, None, self.head_dim),
@@ -88,11 +60,6 @@ class Config:
 
     def compiler_params(self):
         return plt.CompilerParams(num_warps=self.num_warps, num_stages=self.num_stages)
-
-
-def largest_divisor_at_most(n: int, cap: int) -> int:
-    """The largest divisor of n that is <= cap (at least 1)."""
-    return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
 
 
 def make_config(block_size, topk, levels, heads, kv_heads, tokens, head_dim, *,
@@ -107,7 +74,8 @@ def make_config(block_size, topk, levels, heads, kv_heads, tokens, head_dim, *,
     rows = largest_divisor_at_most(tokens, 64)
     programs_per_split = (coarsest // coarse_tile) * heads
     splits = largest_divisor_at_most(tokens // rows, max(1, 1024 // programs_per_split))
-    config = Config(block_size, topk, levels, heads, kv_heads, tokens, head_dim,
+    config = Config(block_size=block_size, topk=topk, levels=levels, heads=heads,
+                    kv_heads=kv_heads, tokens=tokens, head_dim=head_dim,
                     pick_chunk=largest_divisor_at_most(topk, 4),
                     query_blocks=largest_divisor_at_most(block_size, 4), fine_chunk=1,
                     coarse_tile=coarse_tile, dkv_rows=rows, coarse_splits=splits,

@@ -1,0 +1,53 @@
+"""Static description of one LLSA call, shared by the GPU and TPU kernels."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+LOG2E = math.log2(math.e)
+
+
+def largest_divisor_at_most(n: int, cap: int) -> int:
+    """The largest divisor of n that is <= cap (at least 1)."""
+    return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Hierarchy:
+    """Shape of an LLSA call: B = block_size, K = topk, L = levels, H and Hkv heads, N tokens,
+    D head_dim. Kernel grids run over rows r = batch·H + head."""
+
+    block_size: int
+    topk: int
+    levels: int
+    heads: int
+    kv_heads: int
+    tokens: int
+    head_dim: int
+
+    @property
+    def scale(self) -> float:
+        return self.head_dim ** -0.5
+
+    def level_tokens(self, level: int) -> int:
+        """N_l = N / B^l."""
+        return self.tokens // self.block_size ** level
+
+    def log2_weight(self, level: int) -> float:
+        """log2 of the level's softmax weight B^l."""
+        return level * math.log2(self.block_size)
+
+    def batch(self, row):
+        return row // self.heads
+
+    def head(self, row):
+        return row % self.heads
+
+    def kv_head(self, row):
+        """The kv head read by query row `row` (GQA: H / Hkv query heads per kv head)."""
+        return (row % self.heads) // (self.heads // self.kv_heads)
+
+    def kv_row(self, row):
+        """The kv row (batch·Hkv + kv head) read by query row `row`."""
+        return self.batch(row) * self.kv_heads + self.kv_head(row)

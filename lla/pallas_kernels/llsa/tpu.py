@@ -1,0 +1,281 @@
+"""LLSA attention kernels for TPU (Mosaic), driven by scalar-prefetched selections.
+
+Same schedule as `gpu.py`, in TPU form: the picks live in SMEM (`PrefetchScalarGridSpec`)
+and the BlockSpec index maps read them, so every grid step DMAs exactly one selected key
+block. Arrays are heads-major rows (r = batch·H + head; kv rows r_kv = batch·Hkv + kv head):
+  q, out, dq, d_out   [R, N, D]            lse, delta   float32 [R, N, 1]
+  k[l], v[l]          [Rkv, N_l, D]        picks[l]     int32 [R, N_l, K], l = 1..L
+Grid (R, N / B query blocks, S steps); the steps walk the sources of the query block in
+order: K fine blocks (picks[1]), K blocks of each intermediate level l (picks[l + 1] of the
+parent), then the coarsest level in tiles. Online softmax state lives in VMEM scratch.
+
+Backward: one kernel recomputes the probabilities along the same steps, accumulating dQ and
+writing the dK/dV partial of every (query block, picked block) pair of the sparse levels
+([R, N / B, K, B, D], summed into keys by the caller: deterministic, no atomics); a second
+kernel owns a coarsest-level key tile and loops over all query chunks. Verified in TPU
+interpret mode on CPU; not tuned on TPU hardware (query tiles of one block, B rows).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from lla.pallas_kernels.llsa.common import LOG2E, Hierarchy, largest_divisor_at_most
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(Hierarchy):
+    """Shape and TPU tiling of one LLSA call."""
+
+    coarse_tile: int  # coarsest-level keys per step (divides N_L)
+    query_chunk: int  # query rows per step of the coarsest dK/dV kernel (divides N)
+    interpret: bool = False
+
+    def sources(self):
+        """(level, first step, number of steps) for each source, in sweep order."""
+        out, start = [], 0
+        for level in range(self.levels):
+            out.append((level, start, self.topk))
+            start += self.topk
+        out.append((self.levels, start, self.level_tokens(self.levels) // self.coarse_tile))
+        return out
+
+    @property
+    def steps(self) -> int:
+        _, start, count = self.sources()[-1]
+        return start + count
+
+    def interpret_params(self):
+        return pltpu.InterpretParams(uninitialized_memory="nan") if self.interpret else False
+
+
+def make_config(block_size, topk, levels, heads, kv_heads, tokens, head_dim, *,
+                interpret=False) -> Config:
+    coarsest = tokens // block_size ** levels
+    return Config(block_size=block_size, topk=topk, levels=levels, heads=heads,
+                  kv_heads=kv_heads, tokens=tokens, head_dim=head_dim,
+                  coarse_tile=largest_divisor_at_most(coarsest, 128),
+                  query_chunk=largest_divisor_at_most(tokens, 256), interpret=interpret)
+
+
+def _source_specs(config: Config):
+    """Per source, the BlockSpec of its keys (values use the same); index maps get
+    (row, query block, step, *picks refs)."""
+    size, dim = config.block_size, config.head_dim
+    specs = []
+    for level, start, count in config.sources():
+        if level < config.levels:
+            def index(r, i, s, *picks, level=level, start=start, count=count):
+                t = jnp.clip(s - start, 0, count - 1)
+                block = picks[level][r, i // config.block_size ** level, t]
+                return config.kv_row(r), block, 0
+            specs.append(pl.BlockSpec((None, size, dim), index))
+        else:
+            def index(r, i, s, *picks, start=start, count=count):
+                return config.kv_row(r), jnp.clip(s - start, 0, count - 1), 0
+            specs.append(pl.BlockSpec((None, config.coarse_tile, dim), index))
+    return specs
+
+
+def _query_specs(config: Config):
+    """q-like [R, N, D] blocks and per-row [R, N, 1] blocks of one query block."""
+    size, dim = config.block_size, config.head_dim
+    return (pl.BlockSpec((None, size, dim), lambda r, i, s, *_: (r, i, 0)),
+            pl.BlockSpec((None, size, 1), lambda r, i, s, *_: (r, i, 0)))
+
+
+def _logits(q, keys, level, config: Config):
+    """[B, D] x [M, D] -> f32 [B, M] logits in log2 units with the level's weight."""
+    logits = jax.lax.dot_general(q, keys, (((1,), (1,)), ((), ())),
+                                 preferred_element_type=jnp.float32)
+    return logits * (config.scale * LOG2E) + config.log2_weight(level)
+
+
+def _for_each_source(config: Config, step, body):
+    """Runs body(index, level) for the source that grid step `step` belongs to."""
+    for index, (level, start, count) in enumerate(config.sources()):
+        pl.when((step >= start) & (step < start + count))(functools.partial(body, index, level))
+
+
+def _forward_kernel(*refs, config: Config):
+    sources = len(config.sources())
+    q_ref = refs[config.levels]
+    k_refs = refs[config.levels + 1:config.levels + 1 + sources]
+    v_refs = refs[config.levels + 1 + sources:config.levels + 1 + 2 * sources]
+    out_ref, lse_ref, max_ref, sum_ref, acc_ref = refs[config.levels + 1 + 2 * sources:]
+    step = pl.program_id(2)
+
+    @pl.when(step == 0)
+    def _init():
+        max_ref[...] = jnp.full(max_ref.shape, -jnp.inf, jnp.float32)
+        sum_ref[...] = jnp.zeros(sum_ref.shape, jnp.float32)
+        acc_ref[...] = jnp.zeros(acc_ref.shape, jnp.float32)
+
+    def update(index, level):
+        values = v_refs[index][...]
+        logits = _logits(q_ref[...], k_refs[index][...], level, config)
+        row_max = max_ref[...]
+        new_max = jnp.maximum(row_max, logits.max(axis=1, keepdims=True))
+        correction = jnp.exp2(row_max - new_max)
+        probs = jnp.exp2(logits - new_max)
+        sum_ref[...] = sum_ref[...] * correction + probs.sum(axis=1, keepdims=True)
+        acc_ref[...] = acc_ref[...] * correction + jax.lax.dot(
+            probs.astype(values.dtype), values, preferred_element_type=jnp.float32)
+        max_ref[...] = new_max
+
+    _for_each_source(config, step, update)
+
+    @pl.when(step == config.steps - 1)
+    def _finish():
+        out_ref[...] = (acc_ref[...] / sum_ref[...]).astype(out_ref.dtype)
+        lse_ref[...] = (max_ref[...] + jnp.log2(sum_ref[...])) / LOG2E
+
+
+def forward(q, k_levels, v_levels, picks, config: Config):
+    """out [R, N, D] in q's dtype and lse float32 [R, N, 1] (natural log)."""
+    rows, tokens, dim = q.shape
+    size = config.block_size
+    query_spec, row_spec = _query_specs(config)
+    source_specs = _source_specs(config)
+    return pl.pallas_call(
+        functools.partial(_forward_kernel, config=config),
+        grid_spec=pltpu.PrefetchScalarGridSpec(
+            num_scalar_prefetch=config.levels,
+            grid=(rows, tokens // size, config.steps),
+            in_specs=[query_spec, *source_specs, *source_specs],
+            out_specs=[query_spec, row_spec],
+            scratch_shapes=[pltpu.VMEM((size, 1), jnp.float32),
+                            pltpu.VMEM((size, 1), jnp.float32),
+                            pltpu.VMEM((size, dim), jnp.float32)]),
+        out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
+                   jax.ShapeDtypeStruct((rows, tokens, 1), jnp.float32)],
+        compiler_params=pltpu.CompilerParams(
+            dimension_semantics=("parallel", "parallel", "arbitrary")),
+        interpret=config.interpret_params(),
+        name="llsa_forward_tpu",
+    )(*picks, q, *k_levels, *v_levels)
+
+
+def _backward_queries_kernel(*refs, config: Config):
+    sources = len(config.sources())
+    q_ref, d_out_ref, lse_ref, delta_ref = refs[config.levels:config.levels + 4]
+    first = config.levels + 4
+    k_refs = refs[first:first + sources]
+    v_refs = refs[first + sources:first + 2 * sources]
+    dq_ref, *partial_refs = refs[first + 2 * sources:-1]
+    dq_acc_ref = refs[-1]
+    step = pl.program_id(2)
+
+    @pl.when(step == 0)
+    def _init():
+        dq_acc_ref[...] = jnp.zeros(dq_acc_ref.shape, jnp.float32)
+
+    def update(index, level):
+        q, d_out, keys, values = q_ref[...], d_out_ref[...], k_refs[index][...], v_refs[index][...]
+        probs = jnp.exp2(_logits(q, keys, level, config) - lse_ref[...] * LOG2E)
+        d_probs = jax.lax.dot_general(d_out, values, (((1,), (1,)), ((), ())),
+                                      preferred_element_type=jnp.float32)
+        d_logits = probs * (d_probs - delta_ref[...])
+        dq_acc_ref[...] += jax.lax.dot(d_logits.astype(keys.dtype), keys,
+                                       preferred_element_type=jnp.float32)
+        if level < config.levels:
+            transposed = (((0,), (0,)), ((), ()))
+            partial_refs[2 * level][...] = config.scale * jax.lax.dot_general(
+                d_logits.astype(q.dtype), q, transposed, preferred_element_type=jnp.float32)
+            partial_refs[2 * level + 1][...] = jax.lax.dot_general(
+                probs.astype(d_out.dtype), d_out, transposed,
+                preferred_element_type=jnp.float32)
+
+    _for_each_source(config, step, update)
+
+    @pl.when(step == config.steps - 1)
+    def _finish():
+        dq_ref[...] = (dq_acc_ref[...] * config.scale).astype(dq_ref.dtype)
+
+
+def backward_queries(q, d_out, lse, delta, k_levels, v_levels, picks, config: Config):
+    """dq [R, N, D] and, per sparse level l < L, the (dK, dV) partials float32
+    [R, N / B, K, B, D] of each (query block, picked level-l block) pair."""
+    rows, tokens, dim = q.shape
+    size, topk = config.block_size, config.topk
+    query_spec, row_spec = _query_specs(config)
+    source_specs = _source_specs(config)
+    partial_specs = []
+    for level, start, count in config.sources()[:-1]:
+        def index(r, i, s, *_, start=start, count=count):
+            return r, i, jnp.clip(s - start, 0, count - 1), 0, 0
+        spec = pl.BlockSpec((None, None, None, size, dim), index)
+        partial_specs += [spec, spec]
+        del level
+    partial_shape = jax.ShapeDtypeStruct((rows, tokens // size, topk, size, dim), jnp.float32)
+    dq, *partials = pl.pallas_call(
+        functools.partial(_backward_queries_kernel, config=config),
+        grid_spec=pltpu.PrefetchScalarGridSpec(
+            num_scalar_prefetch=config.levels,
+            grid=(rows, tokens // size, config.steps),
+            in_specs=[query_spec, query_spec, row_spec, row_spec, *source_specs,
+                      *source_specs],
+            out_specs=[query_spec, *partial_specs],
+            scratch_shapes=[pltpu.VMEM((size, dim), jnp.float32)]),
+        out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype)]
+        + [partial_shape] * (2 * config.levels),
+        compiler_params=pltpu.CompilerParams(
+            dimension_semantics=("parallel", "parallel", "arbitrary")),
+        interpret=config.interpret_params(),
+        name="llsa_backward_queries_tpu",
+    )(*picks, q, d_out, lse, delta, *k_levels, *v_levels)
+    return dq, [tuple(partials[2 * level:2 * level + 2]) for level in range(config.levels)]
+
+
+def _coarse_dkv_kernel(q_ref, d_out_ref, lse_ref, delta_ref, k_ref, v_ref, dk_ref, dv_ref,
+                       dk_acc_ref, dv_acc_ref, *, config: Config):
+    chunk = pl.program_id(2)
+
+    @pl.when(chunk == 0)
+    def _init():
+        dk_acc_ref[...] = jnp.zeros(dk_acc_ref.shape, jnp.float32)
+        dv_acc_ref[...] = jnp.zeros(dv_acc_ref.shape, jnp.float32)
+
+    q, d_out, keys, values = q_ref[...], d_out_ref[...], k_ref[...], v_ref[...]
+    probs = jnp.exp2(_logits(q, keys, config.levels, config) - lse_ref[...] * LOG2E)
+    d_probs = jax.lax.dot_general(d_out, values, (((1,), (1,)), ((), ())),
+                                  preferred_element_type=jnp.float32)
+    d_logits = probs * (d_probs - delta_ref[...])
+    transposed = (((0,), (0,)), ((), ()))
+    dk_acc_ref[...] += jax.lax.dot_general(d_logits.astype(q.dtype), q, transposed,
+                                           preferred_element_type=jnp.float32)
+    dv_acc_ref[...] += jax.lax.dot_general(probs.astype(d_out.dtype), d_out, transposed,
+                                           preferred_element_type=jnp.float32)
+
+    @pl.when(chunk == pl.num_programs(2) - 1)
+    def _finish():
+        dk_ref[...] = dk_acc_ref[...] * config.scale
+        dv_ref[...] = dv_acc_ref[...]
+
+
+def backward_coarse_dkv(q, d_out, lse, delta, k, v, config: Config):
+    """dK, dV float32 [R, N_L, D] (per query row) of the coarsest level, over all queries."""
+    rows, tokens, dim = q.shape
+    tile, chunk = config.coarse_tile, config.query_chunk
+    query_spec = pl.BlockSpec((None, chunk, dim), lambda r, j, c: (r, c, 0))
+    row_spec = pl.BlockSpec((None, chunk, 1), lambda r, j, c: (r, c, 0))
+    key_spec = pl.BlockSpec((None, tile, dim), lambda r, j, c: (config.kv_row(r), j, 0))
+    out_spec = pl.BlockSpec((None, tile, dim), lambda r, j, c: (r, j, 0))
+    return pl.pallas_call(
+        functools.partial(_coarse_dkv_kernel, config=config),
+        grid=(rows, k.shape[1] // tile, tokens // chunk),
+        in_specs=[query_spec, query_spec, row_spec, row_spec, key_spec, key_spec],
+        out_specs=[out_spec, out_spec],
+        out_shape=[jax.ShapeDtypeStruct((rows, k.shape[1], dim), jnp.float32)] * 2,
+        scratch_shapes=[pltpu.VMEM((tile, dim), jnp.float32)] * 2,
+        compiler_params=pltpu.CompilerParams(
+            dimension_semantics=("parallel", "parallel", "arbitrary")),
+        interpret=config.interpret_params(),
+        name="llsa_backward_dkv_coarsest_tpu",
+    )(q, d_out, lse, delta, k, v)
