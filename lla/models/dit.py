@@ -1,0 +1,152 @@
+"""Diffusion transformer (DiT) on pixels or patches, with any registered attention.
+
+    model = DiT(resolution=256, **PRESETS["S"], attention="llsa")
+    velocity = model.apply(params, images, timesteps, labels)   # [B, H, W, C] each
+
+Per `papers/llsa.md` §3.1: patchify (patch size 1 = one token per pixel) and a linear
+projection; tokens permuted to Z-order once at the input and back once at the output, so
+consecutive tokens are spatially close (what LLSA's pooling needs) and no layer permutes;
+blocks of adaLN-Zero self-attention (q, k, v, out with bias; per-head RMS qk-norm; 2-D RoPE,
+half of each head's dims per axis, positions permuted with the tokens) and a GELU-tanh MLP;
+a final adaLN-modulated, zero-initialised projection. Timesteps (and optional class labels,
+with label dropout for classifier-free guidance) condition every block through one shared
+embedder (the published model gives each block its own timestep embedder).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lla.attention import layouts
+from lla.layers.adaln import AdaLNModulation, layer_norm, modulate
+from lla.layers.attention import Attention
+from lla.layers.embeddings import LabelEmbedder, TimestepEmbedder
+from lla.layers.mlp import Mlp
+from lla.layers.rope import rope_2d
+
+PRESETS = {
+    "tiny": dict(depth=2, width=64, num_heads=2),
+    "S": dict(depth=12, width=384, num_heads=6),
+    "B": dict(depth=12, width=768, num_heads=12),
+}
+
+
+class DiTBlock(nn.Module):
+    """x [B, N, C], condition [B, C] -> [B, N, C]: adaLN-Zero attention and MLP."""
+
+    width: int
+    num_heads: int
+    attention: str
+    attention_kwargs: Mapping[str, Any] | None
+    mlp_ratio: float = 4.0
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, condition, rope):
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = AdaLNModulation(
+            self.width, 6, dtype=self.dtype, name="modulation")(condition)
+        attended = Attention(self.num_heads, self.attention, self.attention_kwargs,
+                             dtype=self.dtype, name="attention")(
+            modulate(layer_norm(x), shift_a, scale_a), rope)
+        x = x + gate_a[:, None] * attended
+        mlp = Mlp(self.width, self.mlp_ratio, dtype=self.dtype, name="mlp")
+        return x + gate_m[:, None] * mlp(modulate(layer_norm(x), shift_m, scale_m))
+
+
+def patchify(images: jax.Array, patch: int) -> jax.Array:
+    """[B, H, W, C] -> [B, (H/p)·(W/p), p·p·C] in raster order of patches."""
+    batch, height, width, channels = images.shape
+    x = images.reshape(batch, height // patch, patch, width // patch, patch, channels)
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(batch, -1, patch * patch * channels)
+
+
+def unpatchify(tokens: jax.Array, patch: int, grid: int, channels: int) -> jax.Array:
+    """[B, grid·grid, p·p·C] (raster order) -> [B, grid·p, grid·p, C]."""
+    batch = tokens.shape[0]
+    x = tokens.reshape(batch, grid, grid, patch, patch, channels)
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(batch, grid * patch, grid * patch, channels)
+
+
+class DiT(nn.Module):
+    """Predicts the flow-matching velocity of square images.
+
+    Attributes:
+      resolution: image side H = W (a multiple of patch_size).
+      channels, patch_size: C and p; N = (H / p)^2 tokens.
+      depth, width, num_heads, mlp_ratio: transformer size (see PRESETS).
+      num_classes: 0 for unconditional, else labels in [0, num_classes) are required
+        (num_classes itself is the "no label" id for guidance).
+      label_dropout: probability of dropping a label in training (rng "label_dropout").
+      attention, attention_kwargs: a registered op name and its static keyword arguments.
+      zorder: feed tokens in Z-order (needed by hierarchical ops such as LLSA).
+      dtype: compute dtype (parameters stay float32).
+    """
+
+    resolution: int
+    channels: int = 3
+    patch_size: int = 1
+    depth: int = 2
+    width: int = 64
+    num_heads: int = 2
+    mlp_ratio: float = 4.0
+    num_classes: int = 0
+    label_dropout: float = 0.1
+    attention: str = "dense"
+    attention_kwargs: Mapping[str, Any] | None = None
+    zorder: bool = True
+    rope_theta: float = 10000.0
+    dtype: jnp.dtype = jnp.float32
+
+    def token_order(self) -> np.ndarray:
+        """Raster index of the patch fed at each position ([N] int32)."""
+        grid = self.resolution // self.patch_size
+        return layouts.zorder_2d(grid, grid) if self.zorder else np.arange(grid * grid)
+
+    @nn.compact
+    def __call__(self, images: jax.Array, timesteps: jax.Array,
+                 labels: jax.Array | None = None, *, train: bool = False) -> jax.Array:
+        self._check(images, timesteps, labels)
+        grid = self.resolution // self.patch_size
+        order = self.token_order()
+        positions = np.stack([order // grid, order % grid], axis=-1).astype(np.float64)
+        rope = rope_2d(positions, self.width // self.num_heads, self.rope_theta)
+
+        tokens = layouts.permute_tokens(patchify(images, self.patch_size), order)
+        x = nn.Dense(self.width, dtype=self.dtype, name="embed")(tokens.astype(self.dtype))
+        condition = TimestepEmbedder(self.width, dtype=self.dtype, name="timesteps")(timesteps)
+        if self.num_classes:
+            condition = condition + LabelEmbedder(
+                self.num_classes, self.width, self.label_dropout, dtype=self.dtype,
+                name="labels")(labels, train=train)
+        for index in range(self.depth):
+            x = DiTBlock(self.width, self.num_heads, self.attention, self.attention_kwargs,
+                         self.mlp_ratio, dtype=self.dtype, name=f"block{index}")(
+                x, condition, rope)
+        shift, scale = AdaLNModulation(self.width, 2, dtype=self.dtype,
+                                       name="final_modulation")(condition)
+        x = modulate(layer_norm(x), shift, scale)
+        x = nn.Dense(self.patch_size ** 2 * self.channels, dtype=self.dtype, name="head",
+                     kernel_init=nn.initializers.zeros)(x)
+        x = layouts.permute_tokens(x, layouts.inverse(order))
+        return unpatchify(x, self.patch_size, grid, self.channels).astype(jnp.float32)
+
+    def _check(self, images, timesteps, labels) -> None:
+        expected = (self.resolution, self.resolution, self.channels)
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(f"DiT: images have shape {tuple(images.shape)}; expected "
+                             f"[B, {expected[0]}, {expected[1]}, {expected[2]}]")
+        if self.resolution % self.patch_size:
+            raise ValueError(f"DiT: resolution {self.resolution} is not a multiple of "
+                             f"patch_size {self.patch_size}")
+        if tuple(timesteps.shape) != images.shape[:1]:
+            raise ValueError(f"DiT: timesteps have shape {tuple(timesteps.shape)}; expected "
+                             f"({images.shape[0]},)")
+        if self.num_classes and (labels is None or tuple(labels.shape) != images.shape[:1]):
+            raise ValueError(f"DiT: a class-conditional model (num_classes="
+                             f"{self.num_classes}) needs labels of shape ({images.shape[0]},)")
