@@ -1,0 +1,101 @@
+r"""Training throughput of the DiT with several attention ops, same process, same batch.
+
+    python -m experiments.bench_train --config=configs/llsa_pixel.py:res=256,model=S \
+        --attentions=llsa,dense --batch_size=2 --steps=10
+
+For each attention: builds the model and train state from the config, runs warm-up steps,
+then times --steps jitted train steps on a fixed batch (block_until_ready). Reports
+images/s, pixel tokens/s and the ratio to the first attention listed last ("dense" by
+convention), the device's peak memory, and writes `<results_dir>/<device>/<name>.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from experiments.benchmarking import device_slug
+from lla import data
+from lla.diffusion import flow_matching
+from lla.training import loop, optim, sharding
+from lla.training.step import make_train_step
+
+config_flags.DEFINE_config_file("config", None, "training config (file.py:arg)")
+flags.DEFINE_list("attentions", ["llsa", "dense"], "attention ops; the last is the baseline")
+flags.DEFINE_integer("batch_size", 2, "global batch size")
+flags.DEFINE_integer("steps", 10, "timed steps")
+flags.DEFINE_integer("warmup", 2, "untimed steps after compilation")
+flags.DEFINE_string("name", "train_throughput", "results file name")
+flags.DEFINE_string("results_dir", "experiments/results", "results root; <device>/ is added")
+flags.mark_flags_as_required(["config"])
+FLAGS = flags.FLAGS
+
+
+def measure(config, attention: str) -> dict:
+    config = config.copy_and_resolve_references()
+    config.model.attention = attention
+    if attention != "llsa":
+        config.model.attention_kwargs = {}
+    mesh = sharding.data_mesh()
+    source = data.get_source(config.data.name, resolution=config.resolution,
+                             **dict(config.data.kwargs))
+    model = loop.build_model(config, source)
+    optimizer = optim.make_optimizer(**dict(config.optimizer))
+    state = loop.initial_state(model, optimizer, config, mesh)
+    scale = config.noise_scale or flow_matching.noise_scale(config.resolution)
+    step = jax.jit(make_train_step(model, optimizer, scale=scale, seed=0), donate_argnums=0)
+    batch = sharding.global_batch(
+        next(data.batches(source, batch_size=FLAGS.batch_size, seed=0)), mesh)
+    start = time.perf_counter()
+    state, metrics = jax.block_until_ready(step(state, batch))
+    compile_s = time.perf_counter() - start
+    for _ in range(FLAGS.warmup):
+        state, metrics = step(state, batch)
+    jax.block_until_ready(state)
+    start = time.perf_counter()
+    for _ in range(FLAGS.steps):
+        state, metrics = step(state, batch)
+    jax.block_until_ready(state)
+    seconds = (time.perf_counter() - start) / FLAGS.steps
+    tokens = FLAGS.batch_size * (config.resolution // config.model.patch_size) ** 2
+    stats = jax.devices()[0].memory_stats() or {}
+    return {"attention": attention, "attention_kwargs": dict(config.model.attention_kwargs),
+            "step_s": seconds, "images_per_s": FLAGS.batch_size / seconds,
+            "tokens_per_s": tokens / seconds, "first_step_s": compile_s,
+            "final_loss": float(metrics["loss"]),
+            "process_peak_bytes": stats.get("peak_bytes_in_use")}
+
+
+def main(argv) -> None:
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    config = FLAGS.config
+    rows = []
+    for attention in FLAGS.attentions:
+        rows.append(measure(config, attention))
+        print(f"{attention:>8}: {rows[-1]['step_s'] * 1e3:9.1f} ms/step, "
+              f"{rows[-1]['images_per_s']:8.3f} img/s, {rows[-1]['tokens_per_s']:.4g} tok/s",
+              flush=True)
+    baseline = rows[-1]
+    for row in rows:
+        row["speedup_vs_" + baseline["attention"]] = baseline["step_s"] / row["step_s"]
+    report = {"device_kind": jax.devices()[0].device_kind, "jax_version": jax.__version__,
+              "device_count": jax.device_count(), "batch_size": FLAGS.batch_size,
+              "resolution": config.resolution, "model": config.model.preset,
+              "dtype": config.model.dtype, "rows": rows}
+    path = pathlib.Path(FLAGS.results_dir) / device_slug() / f"{FLAGS.name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {path}")
+    for row in rows[:-1]:
+        print(f"{row['attention']} vs {baseline['attention']}: "
+              f"x{row['speedup_vs_' + baseline['attention']]:.2f}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,59 @@
+r"""Writes a PNG grid of samples from a training run's checkpoint (EMA weights by default).
+
+    python -m experiments.sample --workdir=workdirs/llsa_pixel [--step=300] [--count=16] \
+        [--steps=20] [--guidance_scale=1.0] [--out=samples.png] [--raw_weights]
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+import ml_collections
+from absl import app, flags, logging
+
+from lla import data
+from lla.diffusion import flow_matching
+from lla.training import loop, optim, samples, sharding
+from lla.training.checkpoint import Checkpointer
+
+flags.DEFINE_string("workdir", None, "a training run's workdir (holds config.json)")
+flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)")
+flags.DEFINE_integer("count", 16, "number of images")
+flags.DEFINE_integer("steps", 20, "Euler steps")
+flags.DEFINE_float("guidance_scale", 1.0, "classifier-free guidance (class-conditional runs)")
+flags.DEFINE_integer("seed", 0, "sampling seed")
+flags.DEFINE_string("out", None, "PNG path (default: <workdir>/samples/sample_<step>.png)")
+flags.DEFINE_bool("raw_weights", False, "use the raw instead of the EMA weights")
+flags.mark_flags_as_required(["workdir"])
+FLAGS = flags.FLAGS
+
+
+def main(argv) -> None:
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    workdir = pathlib.Path(FLAGS.workdir)
+    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    checkpointer = Checkpointer(workdir)
+    step = FLAGS.step or checkpointer.latest_step()
+    if step is None:
+        raise SystemExit(f"no checkpoint in {workdir / 'checkpoints'}")
+    source = data.get_source(config.data.name, resolution=config.resolution,
+                             **dict(config.data.kwargs))
+    model = loop.build_model(config, source)
+    optimizer = optim.make_optimizer(**dict(config.optimizer))
+    like = loop.initial_state(model, optimizer, config, sharding.data_mesh())
+    state, _ = checkpointer.restore(step, like)
+    checkpointer.close()
+    scale = config.noise_scale or flow_matching.noise_scale(config.resolution)
+    sampler = samples.make_sampler(model, count=FLAGS.count, scale=scale, steps=FLAGS.steps,
+                                   guidance_scale=FLAGS.guidance_scale)
+    params = state.params if FLAGS.raw_weights else state.ema_params
+    images = jax.device_get(sampler(params, jax.random.key(FLAGS.seed)))
+    out = FLAGS.out or workdir / "samples" / f"sample_{step:07d}.png"
+    print(f"wrote {samples.save_png(samples.image_grid(images), out)}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,42 @@
+"""Images held in memory as one uint8 array (IDX files, small datasets)."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from lla.data.base import check_geometry
+from lla.data.imaging import square_array
+
+
+class ArraySource:
+    """Images uint8 `[N, h, w]` or `[N, h, w, c]` (c in 1, 3, 4) with labels int `[N]`, served at
+    `resolution` (centre crop + `resample`) and `channels` (grey is repeated for RGB).
+
+    Shapes: `example` -> (uint8 `[resolution, resolution, channels]`, label).
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, *, resolution: int,
+                 channels: int = 3, num_classes: int = 0,
+                 resample: Image.Resampling = Image.Resampling.BICUBIC):
+        check_geometry(resolution, channels)
+        images, labels = np.asarray(images), np.asarray(labels)
+        grey_or_colour = images.ndim == 3 or (images.ndim == 4 and images.shape[-1] in (1, 3, 4))
+        if images.dtype != np.uint8 or not grey_or_colour:
+            raise ValueError(f"images must be uint8 [N, h, w] or [N, h, w, 1|3|4], got "
+                             f"{images.dtype} {images.shape}")
+        if labels.shape != images.shape[:1]:
+            raise ValueError(f"{len(images)} images but labels of shape {labels.shape}")
+        self.images, self.labels = images, labels.astype(np.int32)
+        self.num_examples = len(images)
+        self.resolution, self.channels = resolution, channels
+        self.num_classes = num_classes
+        self.resample = resample
+
+    def example(self, index: int) -> tuple[np.ndarray, int]:
+        image = self.images[index]
+        if image.ndim == 3 and image.shape[-1] == 1:
+            image = image[..., 0]
+        pil = Image.fromarray(image)
+        return square_array(pil, self.resolution, self.channels, self.resample), \
+            int(self.labels[index])

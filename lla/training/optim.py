@@ -1,0 +1,30 @@
+"""Optimizer and EMA of the diffusion recipe (`papers/llsa.md` §3.2)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def make_optimizer(learning_rate: float, *, weight_decay: float = 0.01, b1: float = 0.9,
+                   b2: float = 0.999, eps: float = 1e-8, clip_norm: float = 1.0,
+                   warmup_steps: int = 0) -> optax.GradientTransformation:
+    """Global-norm clipping then AdamW; constant learning rate after an optional linear
+    warm-up."""
+    schedule = (optax.linear_schedule(0.0, learning_rate, warmup_steps) if warmup_steps
+                else learning_rate)
+    return optax.chain(optax.clip_by_global_norm(clip_norm),
+                       optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
+
+
+def ema_decay(step: jax.Array, *, max_decay: float = 0.9999, inv_gamma: float = 1.0,
+              power: float = 0.75) -> jax.Array:
+    """Warm-up EMA decay min(max_decay, 1 - (1 + step / inv_gamma)^-power); 0 at step 0."""
+    step = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(max_decay, 1.0 - (1.0 + step / inv_gamma) ** -power)
+
+
+def update_ema(ema, params, decay: jax.Array):
+    """ema <- decay·ema + (1 - decay)·params, leaf by leaf."""
+    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
