@@ -12,14 +12,23 @@ Default (CPU-sized, the README's main job; 4 min 50 s measured on 2 CPU cores):
 
 Variants, `configs/llsa_pixel.py:key=value,...`:
   res=32|64|128|256|512      image side (N = res^2 pixel tokens); res >= 128 selects the
-                             full-size recipe: DiT-S, batch 16, 100k steps, bf16 (GPU;
-                             not yet run: no expected result measured)
+                             full-size recipe: DiT-S, batch 16, 100k steps, lr 1e-4, bf16
   attention=llsa|dense|<op>  any registered op (`lla.attention.names()`)
   data=procedural|fashion_mnist|image_folder|tfds:<name>
                              fashion_mnist reads data/fashion-mnist (scripts/
                              fetch_fashion_mnist.sh); image_folder reads --config.data.kwargs.path
   model=tiny|S|B             DiT preset
-e.g. `--config=configs/llsa_pixel.py:res=256,attention=dense,model=S`.
+
+Measured (experiments/results/nvidia_h200/, jax 0.11.2):
+  :res=64,data=fashion_mnist,model=S,attention=llsa|dense with --config.model.dtype=bfloat16
+  --config.optimizer.learning_rate=3e-4 --config.optimizer.warmup_steps=100
+  --config.total_steps=1200 --config.batch_size=32 on one H200: loss 1.50 -> 0.078 (llsa)
+  and 0.075 (dense), mean of the last 10 logged values; 9.8 vs 6.8 steps/s; samples are
+  recognisable garments for both (fashion_mnist_64/).
+  :res=256,model=S: training throughput, batch 2, one H200 (experiments.bench_train):
+  llsa (default 3 levels) 15.5 img/s vs dense cuDNN 1.56 img/s, 9.96x.
+  Not measured: full-length runs of the res >= 128 variants (no converged loss or FID to
+  expect yet), res=512, model=B, the image_folder and tfds sources on real data.
 Any field can be overridden: `--config.total_steps=1000 --config.batch_size=32`.
 """
 

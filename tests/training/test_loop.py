@@ -56,10 +56,9 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch():
         return flow_matching.loss(apply, batch["image"], jax.random.key(5), scale=1.0)[0]
 
     before = float(loss(state.params))
-    for _ in range(3):  # the fresh adaLN-Zero model only starts to move after a step
-        state, metrics = step(state, batch)
+    state, metrics = step(state, batch)
     assert float(loss(state.params)) < before
-    assert int(state.step) == 3 and np.isfinite(float(metrics["grad_norm"]))
+    assert int(state.step) == 1 and np.isfinite(float(metrics["grad_norm"]))
 
 
 class StopAfter:
@@ -96,7 +95,7 @@ def test_killed_and_resumed_run_matches_uninterrupted_bit_for_bit(tmp_path, monk
                                   jax.tree.leaves(resumed.params)[0])
 
 
-def test_workdir_holds_metrics_samples_tensorboard_and_config(tmp_path):
+def test_workdir_holds_metrics_samples_tensorboard_and_config_and_sample_reads_it(tmp_path):
     config = small_config(total_steps=2, sample_every=2)
     loop.train(config, tmp_path)
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -107,6 +106,13 @@ def test_workdir_holds_metrics_samples_tensorboard_and_config(tmp_path):
     assert (tmp_path / "samples" / "step_0000002.png").exists()
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert json.loads((tmp_path / "config.json").read_text())["total_steps"] == 2
+    out = tmp_path / "from_checkpoint.png"
+    run = subprocess.run([sys.executable, "-m", "experiments.sample", f"--workdir={tmp_path}",
+                          "--count=2", "--steps=2", f"--out={out}"], cwd=ROOT,
+                         env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert out.exists() and f"wrote {out}" in run.stdout
 
 
 FINAL_PARAMS = """
