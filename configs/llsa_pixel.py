@@ -4,7 +4,7 @@ Default (CPU-sized, the README's main job; 4 min 50 s measured on 2 CPU cores):
     python -m experiments.train --config=configs/llsa_pixel.py
   32 x 32 embedded procedural shapes, DiT-tiny, LLSA (block 16, top-8, 1 level over 1,024
   pixel tokens), batch 16, 300 steps at ~1.2 steps/s: the loss falls from about 1.2 (step
-  10) to about 0.15 (step 300); sample grids at steps 150 and 300 go to
+  10) to about 0.13 (step 300); sample grids at steps 150 and 300 go to
   workdirs/llsa_pixel/samples/ (gradient backgrounds with blobs; samples/valid_fraction about
   0.4 at step 300, where real images score 1.0 and noise 0.0). Running the command again
   resumes (and returns at once when the run is complete); raise --config.total_steps to
