@@ -6,13 +6,15 @@ running over rows r = batch·H + head:
   q, out, dq       [Bt, N, H, D]
   k[l], v[l]       [Bt, N_l / B, B, Hkv, D] for l < L (blocks), [Bt, N_L, Hkv, D] for l = L
   picks[l]         int32 [Bt·H, N_l, K] for l = 1..L: level-(l-1) blocks picked by each
-                   level-l token (from `lla.attention.llsa_hierarchy.select`)
+                   level-l token (coarsest: XLA top-K; others: `selection.py`)
   lse, delta       float32 [Bt·H, N]
 Query block b (B rows) attends, in one online softmax (log2 domain), to the K·B tokens of
 level l < L in blocks picks[l + 1][b // B^l] (weight B^l), then to all N_L coarsest tokens
-(weight B^L). Forward saves the output and the f32 natural-log lse.
+(weight B^L). A program handles a tile of G = query_blocks consecutive blocks, which share
+their intermediate and coarsest sources (`_sweep_keys`). Forward saves the output and the
+f32 natural-log lse.
 
-Backward: dQ per query block (same sweep as the forward); dK/dV of level l < L per key block
+Backward: dQ per query tile (same sweep as the forward); dK/dV of level l < L per key block
 from the key-major CSR transpose of picks[l + 1] (`metadata.transpose_picks`): key block j
 loops over the query groups (B^(l+1) queries each) that read it; dK/dV of the coarsest level
 per (key tile, query split) with the splits summed outside. No atomics: every program owns
