@@ -5,8 +5,8 @@ r"""Training throughput of the DiT with several attention ops, same process, sam
 
 For each attention: builds the model and train state from the config, runs warm-up steps,
 then times --steps jitted train steps on a fixed batch (block_until_ready). Reports
-images/s, pixel tokens/s and the ratio to the first attention listed last ("dense" by
-convention), the device's peak memory, and writes `<results_dir>/<device>/<name>.json`.
+images/s, pixel tokens/s and the speed-up over the last attention listed (the baseline,
+"dense" by default), the device's peak memory, and writes `<results_dir>/<device>/<name>.json`.
 """
 
 from __future__ import annotations

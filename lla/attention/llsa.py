@@ -88,9 +88,10 @@ def _xla(q, k, v, *, block_size, topk, levels, interpret):
     batch, tokens, heads, head_dim = q.shape
     groups = heads // k.shape[2]
     q_levels = hierarchy.pyramid(q, block_size, levels)
-    k_levels = [jnp.repeat(x, groups, 2) for x in hierarchy.pyramid(k, block_size, levels)]
-    v_levels = [jnp.repeat(x, groups, 2) for x in hierarchy.pyramid(v, block_size, levels)]
+    k_levels = hierarchy.pyramid(k, block_size, levels)
     picks = hierarchy.select(q_levels, k_levels, block_size, topk)
+    k_levels = [jnp.repeat(x, groups, 2) for x in k_levels]
+    v_levels = [jnp.repeat(x, groups, 2) for x in hierarchy.pyramid(v, block_size, levels)]
     q_levels = [hierarchy.heads_major(x) for x in q_levels]
     k_levels = [hierarchy.heads_major(x) for x in k_levels]
     v_levels = [hierarchy.heads_major(x) for x in v_levels]

@@ -81,11 +81,18 @@ def gather_tokens(x: jax.Array, index: jax.Array) -> jax.Array:
     return gathered.reshape(*index.shape, x.shape[-1])
 
 
+def _selection_inputs(q_level: jax.Array, k_level: jax.Array):
+    """[Bt, T, H, D] q and [Bt, T, Hkv, D] k -> float32 heads-major [Bt, H, T, D] each, k's
+    heads repeated for grouped-query attention, without gradient."""
+    k_level = jnp.repeat(k_level, q_level.shape[2] // k_level.shape[2], axis=2)
+    return (lax.stop_gradient(heads_major(q_level).astype(jnp.float32)),
+            lax.stop_gradient(heads_major(k_level).astype(jnp.float32)))
+
+
 def select_coarsest(q_level: jax.Array, k_level: jax.Array, topk: int) -> jax.Array:
-    """Dense top-K at the coarsest level: q_level, k_level [Bt, N_L, H, D] (k with q's
-    heads) -> int32 [Bt, H, N_L, K], ascending (no gradient)."""
-    q_level = lax.stop_gradient(heads_major(q_level).astype(jnp.float32))
-    k_level = lax.stop_gradient(heads_major(k_level).astype(jnp.float32))
+    """Dense top-K at the coarsest level: q_level [Bt, N_L, H, D], k_level [Bt, N_L, Hkv, D]
+    -> int32 [Bt, H, N_L, K], ascending (no gradient)."""
+    q_level, k_level = _selection_inputs(q_level, k_level)
     scores = jnp.einsum("bhqd,bhkd->bhqk", q_level, k_level, precision=lax.Precision.HIGHEST)
     return jnp.sort(lax.top_k(scores, topk)[1].astype(jnp.int32), axis=-1)
 
@@ -96,14 +103,13 @@ def select_children(q_level: jax.Array, k_level: jax.Array, parent_picks: jax.Ar
     of its parent's picks.
 
     Args:
-      q_level, k_level: [Bt, N_l, H, D] (k with q's heads).
+      q_level: [Bt, N_l, H, D]; k_level: [Bt, N_l, Hkv, D], Hkv dividing H.
       parent_picks: int32 [Bt, H, N_l / B, K], ascending: the level-(l+1) picks.
 
     Returns:
       int32 [Bt, H, N_l, K], ascending (no gradient).
     """
-    q_level = lax.stop_gradient(heads_major(q_level).astype(jnp.float32))
-    k_level = lax.stop_gradient(heads_major(k_level).astype(jnp.float32))
+    q_level, k_level = _selection_inputs(q_level, k_level)
     candidates = children(parent_picks, block_size)  # [Bt, H, P, K·B], ascending
     keys = gather_tokens(k_level, candidates)  # [Bt, H, P, K·B, D]
     queries = q_level.reshape(*keys.shape[:3], block_size, -1)  # [Bt, H, P, B, D]
@@ -118,8 +124,8 @@ def select(q_levels: list[jax.Array], k_levels: list[jax.Array], block_size: int
     """Hierarchical top-K selection (no gradient).
 
     Args:
-      q_levels, k_levels: `pyramid` outputs, L + 1 arrays [Bt, N / B^l, H, D] (level 0 is
-        not read and may be None; k has as many heads as q).
+      q_levels, k_levels: `pyramid` outputs, L + 1 arrays [Bt, N / B^l, H or Hkv, D] (level
+        0 is not read and may be None).
       block_size, topk: B and K.
 
     Returns:

@@ -49,9 +49,7 @@ def prepare(q, k, v, config: gpu.Config):
         """[Bt, N_l, Hkv, D] -> [Bt, N_l / B, B, Hkv, D]."""
         return x.reshape(batch, -1, size, kv_heads, head_dim)
 
-    coarsest = hierarchy.select_coarsest(
-        q_pooled[levels], jnp.repeat(k_pooled[levels], heads // kv_heads, axis=2),
-        config.topk)
+    coarsest = hierarchy.select_coarsest(q_pooled[levels], k_pooled[levels], config.topk)
     picks = {levels: coarsest.reshape(batch * heads, *coarsest.shape[2:])}
     for level in range(levels - 1, 0, -1):
         picks[level] = selection.select_children(

@@ -49,10 +49,7 @@ def llsa_pallas_tpu(q, k, v, *, block_size, topk, levels, interpret):
     q_pooled = hierarchy.pyramid(jax.lax.stop_gradient(q), block_size, levels)
     k_pooled = hierarchy.pyramid(k, block_size, levels)
     v_pooled = hierarchy.pyramid(v, block_size, levels)
-    groups = heads // k.shape[2]
-    picks = hierarchy.select(
-        q_pooled, [None] + [jnp.repeat(x, groups, axis=2) for x in k_pooled[1:]],
-        block_size, topk)
+    picks = hierarchy.select(q_pooled, k_pooled, block_size, topk)
     k_levels = (_rows(k), *(_rows(x.astype(k.dtype)) for x in k_pooled[1:]))
     v_levels = (_rows(v), *(_rows(x.astype(v.dtype)) for x in v_pooled[1:]))
     level_picks = tuple(picks[level].reshape(batch * heads, -1, topk)

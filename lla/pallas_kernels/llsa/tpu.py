@@ -207,12 +207,11 @@ def backward_queries(q, d_out, lse, delta, k_levels, v_levels, picks, config: Co
     query_spec, row_spec = _query_specs(config)
     source_specs = _source_specs(config)
     partial_specs = []
-    for level, start, count in config.sources()[:-1]:
+    for _, start, count in config.sources()[:-1]:
         def index(r, i, s, *_, start=start, count=count):
             return r, i, jnp.clip(s - start, 0, count - 1), 0, 0
         spec = pl.BlockSpec((None, None, None, size, dim), index)
         partial_specs += [spec, spec]
-        del level
     partial_shape = jax.ShapeDtypeStruct((rows, tokens // size, topk, size, dim), jnp.float32)
     dq, *partials = pl.pallas_call(
         functools.partial(_backward_queries_kernel, config=config),
