@@ -13,7 +13,9 @@ Default (CPU-sized, the README's main job; 4 min 50 s measured on 2 CPU cores):
 Variants, `configs/llsa_pixel.py:key=value,...`:
   res=32|64|128|256|512      image side (N = res^2 pixel tokens); res >= 128 selects the
                              full-size recipe: DiT-S, batch 16, 100k steps, lr 1e-4, bf16
-  attention=llsa|dense|<op>  any registered op (`lla.attention.names()`)
+  attention=llsa|dense|neighborhood|<op>
+                             any registered op (`lla.attention.names()`); neighborhood
+                             uses 13 x 13 windows
   data=procedural|fashion_mnist|image_folder|tfds:<name>
                              fashion_mnist reads data/fashion-mnist (scripts/
                              fetch_fashion_mnist.sh); image_folder reads --config.data.kwargs.path
@@ -37,6 +39,11 @@ from __future__ import annotations
 import ml_collections
 
 from lla.models.dit import PRESETS
+
+ATTENTION_KWARGS = {  # defaults per op; the DiT adds spatial_shape for ops on token grids
+    "llsa": {"block_size": 16, "topk": 8},
+    "neighborhood": {"kernel_size": 13},
+}
 
 
 def parse(arg: str | None) -> dict[str, str]:
@@ -88,7 +95,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.patch_size = 1
     config.model.attention = options.get("attention", "llsa")
     config.model.attention_kwargs = ml_collections.ConfigDict(
-        {"block_size": 16, "topk": 8} if config.model.attention == "llsa" else {})
+        ATTENTION_KWARGS.get(config.model.attention, {}))
     config.model.dtype = "bfloat16" if full_size else "float32"
     config.model.class_conditional = False
     config.model.label_dropout = 0.1

@@ -4,12 +4,16 @@ r"""Times registered attention ops against dense cuDNN attention in the same pro
     python -m experiments.bench_attention \
         --ops=llsa:pallas_gpu/levels=2/topk=8,llsa --shapes=dit256,dit512 --name=llsa
 
-Each entry of --ops is `name[:implementation][/key=value...]` (keyword arguments of the op).
+Each entry of --ops is `name[:implementation][/key=value...]` (keyword arguments of the op;
+values are Python literals, and `AxBxC` is the tuple (A, B, C), e.g.
+`neighborhood:pallas_gpu/spatial_shape=16x64x64/kernel_size=3x7x7`).
 For every shape, each entry first passes a correctness gate — its output and, when the
 backward is timed, its gradients against the op's own "xla" reference computed in float32 on
 the same inputs — and only then is timed: forward and forward+backward (a VJP with a random
 cotangent), median over --samples after warm-up, each sample --inner back-to-back calls ended
-by block_until_ready. Ratios are baseline time / op time (> 1: faster than the baseline).
+by block_until_ready. Ratios are baseline time / op time (> 1: faster than the baseline);
+an entry whose op also runs as "xla" with the same arguments in the same run gets its ratio
+over that reference too (`speedup_<mode>_vs_xla`).
 
 The baseline is --baseline (dense cuDNN); where it cannot run (CPU, float32) the first
 baseline implementation that can is used and named in the output. Results go to
@@ -22,8 +26,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import datetime
-import json
-import pathlib
+import re
 import sys
 
 import jax
@@ -33,12 +36,12 @@ from absl import app, flags
 import lla.attention as attention
 from experiments.benchmarking import (
     SHAPES,
-    device_slug,
     inputs,
     median_seconds,
     parse_shape,
     relative_error,
     vjp_function,
+    write_report,
 )
 
 GATE_BOUND = {"float32": 1e-4, "bfloat16": 3e-2, "float16": 1e-2}
@@ -75,6 +78,9 @@ class Entry:
             key, sep, value = pair.partition("=")
             if not sep:
                 raise ValueError(f"--ops entry {text!r}: expected key=value, got {pair!r}")
+            if re.fullmatch(r"\d+(x\d+)+", value):
+                kwargs.append((key, tuple(int(n) for n in value.split("x"))))
+                continue
             try:
                 kwargs.append((key, ast.literal_eval(value)))
             except (ValueError, SyntaxError):
@@ -83,13 +89,20 @@ class Entry:
 
     def __str__(self) -> str:
         label = self.op + (f":{self.implementation}" if self.implementation else "")
-        return label + "".join(f"/{k}={v}" for k, v in self.kwargs)
+        return label + "".join(f"/{k}={_text(v)}" for k, v in self.kwargs)
 
     def function(self, *, reference: bool = False):
         """`f(q, k, v)` running this entry, or with `reference` the op's "xla" implementation."""
         op = attention.get(self.op)
         implementation = "xla" if reference else self.implementation
         return lambda q, k, v: op(q, k, v, implementation=implementation, **dict(self.kwargs))
+
+
+def _text(value) -> str:
+    """A keyword value as written in --ops (tuples of ints as AxB)."""
+    if isinstance(value, tuple) and value and all(isinstance(x, int) for x in value):
+        return "x".join(map(str, value))
+    return str(value)
 
 
 def gate(entry: Entry, qkv, cotangent, backward: bool, dtype: str) -> dict:
@@ -177,7 +190,21 @@ def run(entries, shapes, baselines, dtype, modes, timing) -> dict:
                 row["entry"] = str(entry)
             rows.append(row)
             print_row(row, modes)
+        _add_reference_ratios(rows[-len(entries):], entries, modes)
     return {"rows": rows}
+
+
+def _add_reference_ratios(rows, entries, modes) -> None:
+    """speedup_<mode>_vs_xla for entries whose op's "xla" entry (same kwargs) also ran."""
+    timed = {(e.op, e.implementation, e.kwargs): row
+             for e, row in zip(entries, rows, strict=True) if row["gate"]["passed"]}
+    for entry, row in zip(entries, rows, strict=True):
+        reference = timed.get((entry.op, "xla", entry.kwargs))
+        if entry.implementation == "xla" or reference is None or not row["gate"]["passed"]:
+            continue
+        for mode in modes:
+            row[f"speedup_{mode}_vs_xla"] = reference[f"{mode}_s"] / row[f"{mode}_s"]
+            print(f"  {entry}: {mode} x{row[f'speedup_{mode}_vs_xla']:.2f} vs xla", flush=True)
 
 
 def print_row(row, modes) -> None:
@@ -220,10 +247,7 @@ def main(argv) -> int:
         **run(entries, FLAGS.shapes, baselines, FLAGS.dtype, FLAGS.modes, timing),
     }
     name = FLAGS.name or "_".join(sorted({e.op for e in entries})) + f"_{FLAGS.dtype}"
-    path = pathlib.Path(FLAGS.results_dir) / device_slug() / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {path}")
+    write_report(report, FLAGS.results_dir, name)
     return 0 if all(row["gate"]["passed"] for row in report["rows"]) else 1
 
 

@@ -3,7 +3,9 @@ r"""Training throughput of the DiT with several attention ops, same process, sam
     python -m experiments.bench_train --config=configs/llsa_pixel.py:res=256,model=S \
         --attentions=llsa,dense --batch_size=2 --steps=10
 
-For each attention: builds the model and train state from the config, runs warm-up steps,
+For each attention (with the config's own kwargs for its op, and `ATTENTION_KWARGS` of
+configs/llsa_pixel.py for the others): builds the model and train state from the config,
+runs warm-up steps,
 then times --steps jitted train steps on a fixed batch (block_until_ready). Reports
 images/s, pixel tokens/s and the speed-up over the last attention listed (the baseline,
 "dense" by default), the device's peak memory, and writes `<results_dir>/<device>/<name>.json`.
@@ -11,15 +13,14 @@ images/s, pixel tokens/s and the speed-up over the last attention listed (the ba
 
 from __future__ import annotations
 
-import json
-import pathlib
 import time
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments.benchmarking import device_slug
+from configs.llsa_pixel import ATTENTION_KWARGS
+from experiments.benchmarking import write_report
 from lla import data
 from lla.diffusion import flow_matching
 from lla.training import loop, optim, sharding
@@ -38,9 +39,9 @@ FLAGS = flags.FLAGS
 
 def measure(config, attention: str) -> dict:
     config = config.copy_and_resolve_references()
-    config.model.attention = attention
-    if attention != "llsa":
-        config.model.attention_kwargs = {}
+    if attention != config.model.attention:
+        config.model.attention = attention
+        config.model.attention_kwargs = dict(ATTENTION_KWARGS.get(attention, {}))
     mesh = sharding.data_mesh()
     source = data.get_source(config.data.name, resolution=config.resolution,
                              **dict(config.data.kwargs))
@@ -88,10 +89,7 @@ def main(argv) -> None:
               "device_count": jax.device_count(), "batch_size": FLAGS.batch_size,
               "resolution": config.resolution, "model": config.model.preset,
               "dtype": config.model.dtype, "rows": rows}
-    path = pathlib.Path(FLAGS.results_dir) / device_slug() / f"{FLAGS.name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {path}")
+    write_report(report, FLAGS.results_dir, FLAGS.name)
     for row in rows[:-1]:
         print(f"{row['attention']} vs {baseline['attention']}: "
               f"x{row['speedup_vs_' + baseline['attention']]:.2f}")

@@ -4,7 +4,9 @@ No flags here, so every experiment script can import it."""
 
 from __future__ import annotations
 
+import json
 import math
+import pathlib
 import re
 import statistics
 import time
@@ -38,6 +40,15 @@ def device_slug() -> str:
     device = jax.devices()[0]
     kind = device.platform if device.platform == "cpu" else device.device_kind
     return re.sub(r"[^a-z0-9]+", "_", kind.lower()).strip("_")
+
+
+def write_report(report: dict, results_dir: str, name: str) -> pathlib.Path:
+    """Writes `report` as JSON to `<results_dir>/<device>/<name>.json`; prints the path."""
+    path = pathlib.Path(results_dir) / device_slug() / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {path}")
+    return path
 
 
 def median_seconds(fn, args, *, samples: int, warmup: int, sample_seconds: float) -> float:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -103,10 +101,7 @@ def main(argv) -> None:
               "static": static, "dtype": "bfloat16",
               "shapes": [tune_shape(bench.parse_shape(name), variants, static, timing)
                          for name in FLAGS.shapes]}
-    path = pathlib.Path(FLAGS.results_dir) / bench.device_slug() / f"{FLAGS.name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {path}")
+    bench.write_report(report, FLAGS.results_dir, FLAGS.name)
 
 
 if __name__ == "__main__":

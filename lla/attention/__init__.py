@@ -7,6 +7,7 @@
 
 from lla.attention.dense import dot_product_attention
 from lla.attention.llsa import llsa
+from lla.attention.neighborhood import neighborhood
 from lla.attention.partials import merge_partials
 from lla.attention.registry import (
     AttentionOp,
@@ -28,5 +29,6 @@ __all__ = [
     "llsa",
     "merge_partials",
     "names",
+    "neighborhood",
     "register",
 ]

@@ -5,7 +5,8 @@
 
 Per `papers/llsa.md` §3.1: patchify (patch size 1 = one token per pixel) and a linear
 projection; tokens permuted to Z-order once at the input and back once at the output, so
-consecutive tokens are spatially close (what LLSA's pooling needs) and no layer permutes;
+consecutive tokens are spatially close (what LLSA's pooling needs) and no layer permutes
+(ops on token grids, such as "neighborhood", get raster order and `spatial_shape` instead);
 blocks of adaLN-Zero self-attention (q, k, v, out with bias; per-head RMS qk-norm; 2-D RoPE,
 half of each head's dims per axis, positions permuted with the tokens) and a GELU-tanh MLP;
 a final adaLN-modulated, zero-initialised projection. Timesteps (and optional class labels,
@@ -23,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import lla.attention
 from lla.attention import layouts
 from lla.layers.adaln import AdaLNModulation, layer_norm, modulate
 from lla.layers.attention import Attention
@@ -84,7 +86,10 @@ class DiT(nn.Module):
         (num_classes itself is the "no label" id for guidance).
       label_dropout: probability of dropping a label in training (rng "label_dropout").
       attention, attention_kwargs: a registered op name and its static keyword arguments.
-      zorder: feed tokens in Z-order (needed by hierarchical ops such as LLSA).
+        An op on token grids (non-empty `capabilities.spatial_dims`, e.g. "neighborhood")
+        gets tokens in raster order and `spatial_shape=(H / p, W / p)`.
+      zorder: feed tokens in Z-order (needed by hierarchical ops such as LLSA); ignored for
+        ops on token grids.
       dtype: compute dtype (parameters stay float32).
     """
 
@@ -103,10 +108,24 @@ class DiT(nn.Module):
     rope_theta: float = 10000.0
     dtype: jnp.dtype = jnp.float32
 
+    def on_grid(self) -> bool:
+        """Whether the attention op takes a 2-D token grid (raster order, spatial_shape)."""
+        return bool(lla.attention.get(self.attention).capabilities.spatial_dims)
+
     def token_order(self) -> np.ndarray:
         """Raster index of the patch fed at each position ([N] int32)."""
         grid = self.resolution // self.patch_size
-        return layouts.zorder_2d(grid, grid) if self.zorder else np.arange(grid * grid)
+        if self.zorder and not self.on_grid():
+            return layouts.zorder_2d(grid, grid)
+        return np.arange(grid * grid)
+
+    def op_kwargs(self) -> dict[str, Any]:
+        """The attention op's keyword arguments, with spatial_shape for ops on grids."""
+        kwargs = dict(self.attention_kwargs or {})
+        if self.on_grid():
+            grid = self.resolution // self.patch_size
+            kwargs.setdefault("spatial_shape", (grid, grid))
+        return kwargs
 
     @nn.compact
     def __call__(self, images: jax.Array, timesteps: jax.Array,
@@ -125,7 +144,7 @@ class DiT(nn.Module):
                 self.num_classes, self.width, self.label_dropout, dtype=self.dtype,
                 name="labels")(labels, train=train)
         for index in range(self.depth):
-            x = DiTBlock(self.width, self.num_heads, self.attention, self.attention_kwargs,
+            x = DiTBlock(self.width, self.num_heads, self.attention, self.op_kwargs(),
                          self.mlp_ratio, dtype=self.dtype, name=f"block{index}")(
                 x, condition, rope)
         shift, scale = AdaLNModulation(self.width, 2, dtype=self.dtype,

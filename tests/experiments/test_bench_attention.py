@@ -45,3 +45,18 @@ def test_entry_parsing_and_errors():
     with pytest.raises(ValueError, match="BxNxHxD"):
         benchmarking.parse_shape("huge")
     assert benchmarking.parse_shape("dit256") == (1, 65536, 6, 64)
+
+
+def test_grid_arguments_and_ratios_over_the_reference(tmp_path):
+    ops = ("neighborhood:xla/spatial_shape=8x12/kernel_size=3x5,"
+           "neighborhood/spatial_shape=8x12/kernel_size=3x5")
+    with flagsaver.flagsaver(ops=ops, shapes=["1x96x2x16"], dtype="float32", samples=2,
+                             warmup=1, sample_seconds=0.0, results_dir=str(tmp_path),
+                             name="grid", baseline="none"):
+        assert bench_attention.main([]) == 0
+    rows = json.loads((tmp_path / "cpu" / "grid.json").read_text())["rows"]
+    assert rows[0]["entry"] == "neighborhood:xla/spatial_shape=8x12/kernel_size=3x5"
+    assert "speedup_fwd_vs_xla" not in rows[0]
+    assert rows[1]["speedup_fwd_vs_xla"] == pytest.approx(rows[0]["fwd_s"] / rows[1]["fwd_s"])
+    assert bench_attention.Entry.parse(rows[1]["entry"]).kwargs == (
+        ("spatial_shape", (8, 12)), ("kernel_size", (3, 5)))

@@ -90,7 +90,8 @@ def test_zorder_is_invisible_with_dense_attention():
                                raster.apply(params, images, timesteps), rtol=2e-5, atol=2e-6)
 
 
-NON_CAUSAL_KWARGS = {"dense": {}, "llsa": dict(block_size=4, topk=2)}
+NON_CAUSAL_KWARGS = {"dense": {}, "llsa": dict(block_size=4, topk=2),
+                     "neighborhood": dict(kernel_size=3)}
 
 
 @pytest.mark.parametrize("name", attention.names())
@@ -104,6 +105,24 @@ def test_every_non_causal_attention_runs_inside_the_dit(name):
     params, images, timesteps, _ = init(model)
     out = model.apply(perturbed(params), images, timesteps)
     assert out.shape == images.shape and bool(jnp.isfinite(out).all())
+
+
+def test_grid_ops_get_raster_tokens_and_spatial_shape():
+    """A neighbourhood as large as the grid is dense attention: with raster order and
+    spatial_shape passed by the model, the DiT must match the dense one."""
+    dense = DiT(resolution=8, patch_size=2, **PRESETS["tiny"])
+    grid_op = DiT(resolution=8, patch_size=2, attention="neighborhood",
+                  attention_kwargs=dict(kernel_size=4), **PRESETS["tiny"])
+    assert grid_op.op_kwargs()["spatial_shape"] == (4, 4)
+    np.testing.assert_array_equal(grid_op.token_order(), np.arange(16))
+    params, images, timesteps, _ = init(dense)
+    params = perturbed(params)
+    np.testing.assert_allclose(grid_op.apply(params, images, timesteps),
+                               dense.apply(params, images, timesteps), rtol=2e-5, atol=2e-6)
+    local = DiT(resolution=8, patch_size=2, attention="neighborhood",
+                attention_kwargs=dict(kernel_size=3), **PRESETS["tiny"])
+    assert not np.allclose(local.apply(params, images, timesteps),
+                           dense.apply(params, images, timesteps), atol=1e-4)
 
 
 def test_rejects_wrong_image_shape():

@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-LOG2E = math.log2(math.e)
-
 
 def largest_divisor_at_most(n: int, cap: int) -> int:
     """The largest divisor of n that is <= cap (at least 1)."""

@@ -33,7 +33,9 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
-from lla.pallas_kernels.llsa.common import LOG2E, Hierarchy, largest_divisor_at_most
+from lla.pallas_kernels import online_softmax
+from lla.pallas_kernels.llsa.common import Hierarchy, largest_divisor_at_most
+from lla.pallas_kernels.online_softmax import LOG2E
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,22 +181,14 @@ def _forward_kernel(q_ref, *refs, config: Config):
     q = q_ref[...]
 
     def visit(carry, keys, values, log2_weight, mask):
-        row_max, row_sum, acc = carry
         logits = _log2_logits(q, keys, log2_weight, config, mask)
-        new_max = jnp.maximum(row_max, logits.max(axis=1))
-        correction = jnp.exp2(row_max - new_max)
-        probs = jnp.exp2(logits - new_max[:, None])
-        row_sum = row_sum * correction + probs.sum(axis=1)
-        acc = acc * correction[:, None] + plt.dot(probs.astype(values.dtype), values)
-        return new_max, row_sum, acc
+        return online_softmax.update(carry, logits, values, plt.dot)
 
-    rows = config.tile_rows
-    init = (jnp.full((rows,), -jnp.inf, jnp.float32), jnp.zeros((rows,), jnp.float32),
-            jnp.zeros((rows, config.head_dim), jnp.float32))
-    row_max, row_sum, acc = _sweep_keys(visit, init, pl.program_id(0), picks_refs, k_refs,
-                                        v_refs, config)
-    out_ref[...] = (acc / row_sum[:, None]).astype(out_ref.dtype)
-    lse_ref[...] = (row_max + jnp.log2(row_sum)) / LOG2E
+    carry = _sweep_keys(visit, online_softmax.init(config.tile_rows, config.head_dim),
+                        pl.program_id(0), picks_refs, k_refs, v_refs, config)
+    out, lse = online_softmax.finish(carry)
+    out_ref[...] = out.astype(out_ref.dtype)
+    lse_ref[...] = lse
 
 
 def _level_specs(config: Config):

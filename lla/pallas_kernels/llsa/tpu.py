@@ -26,7 +26,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from lla.pallas_kernels.llsa.common import LOG2E, Hierarchy, largest_divisor_at_most
+from lla.pallas_kernels.llsa.common import Hierarchy, largest_divisor_at_most
+from lla.pallas_kernels.online_softmax import LOG2E
 
 
 @dataclasses.dataclass(frozen=True)

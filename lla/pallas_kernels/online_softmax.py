@@ -1,0 +1,47 @@
+"""Flash-style online softmax in the log2 domain, shared by the kernel families.
+
+Kernels keep, per query row, the running max `m`, the running sum `l` of exp2(logit - m) and
+the unnormalised output `acc`; logits are in log2 units (natural logits times LOG2E) so the
+kernels use exp2. The saved log-sum-exp is natural: lse = (m + log2 l) / LOG2E.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+LOG2E = math.log2(math.e)
+
+
+def init(rows: int, head_dim: int):
+    """The empty carry (m [rows] = -inf, l [rows] = 0, acc [rows, head_dim] = 0), f32."""
+    return (jnp.full((rows,), -jnp.inf, jnp.float32), jnp.zeros((rows,), jnp.float32),
+            jnp.zeros((rows, head_dim), jnp.float32))
+
+
+def update(carry, log2_logits: jax.Array, values: jax.Array, dot):
+    """Folds one key tile into the carry.
+
+    Args:
+      carry: (m, l, acc) as from `init`.
+      log2_logits: f32 [rows, M], -inf where masked; a row may be fully masked.
+      values: [M, D].
+      dot: the backend's matmul, dot(a [rows, M], b [M, D]) -> f32 [rows, D].
+    """
+    row_max, row_sum, acc = carry
+    new_max = jnp.maximum(row_max, log2_logits.max(axis=1))
+    # A row with no key so far keeps m = -inf; subtract 0 instead so exp2 gives 0, not NaN.
+    shift = jnp.where(new_max == -jnp.inf, 0.0, new_max)
+    correction = jnp.exp2(row_max - shift)
+    probs = jnp.exp2(log2_logits - shift[:, None])
+    row_sum = row_sum * correction + probs.sum(axis=1)
+    acc = acc * correction[:, None] + dot(probs.astype(values.dtype), values)
+    return new_max, row_sum, acc
+
+
+def finish(carry):
+    """(output f32 [rows, D], natural lse f32 [rows]) from a carry."""
+    row_max, row_sum, acc = carry
+    return acc / row_sum[:, None], (row_max + jnp.log2(row_sum)) / LOG2E
