@@ -8,7 +8,8 @@ configs/llsa_pixel.py for the others): builds the model and train state from the
 runs warm-up steps,
 then times --steps jitted train steps on a fixed batch (block_until_ready). Reports
 images/s, pixel tokens/s and the speed-up over the last attention listed (the baseline,
-"dense" by default), the device's peak memory, and writes `<results_dir>/<device>/<name>.json`.
+"dense" by default), the process's device-memory high-water mark after each attention (a
+running maximum, not per attention), and writes `<results_dir>/<device>/<name>.json`.
 """
 
 from __future__ import annotations

@@ -81,10 +81,17 @@ def neighborhood(
 
 
 def _per_axis(name: str, value, rank: int, kind) -> tuple:
-    values = tuple(value) if isinstance(value, Sequence) else (value,) * rank
+    """`value` (one per axis, or one for all) as a tuple of `rank` ints or (kind bool) bools."""
+    values = (tuple(np.ravel(value).tolist()) if isinstance(value, Sequence | np.ndarray)
+              and not isinstance(value, str | bytes) else (value,) * rank)
     if len(values) != rank:
         raise ValueError(f"neighborhood: {name} has {len(values)} values {values} for a "
                          f"{rank}-D spatial_shape; give one per axis or a single value")
+    accepted = (bool, np.bool_) if kind is bool else (int, np.integer)
+    if not all(isinstance(x, accepted) and (kind is bool or not isinstance(x, bool))
+               for x in values):
+        raise ValueError(f"neighborhood: {name} must be {'bools' if kind is bool else 'ints'}"
+                         f" (one per axis or a single value); got {value!r}")
     return tuple(kind(x) for x in values)
 
 
@@ -94,7 +101,7 @@ def _geometry(q, k, spatial_shape, kernel_size, dilation, causal) -> dict:
     if k.shape[1] != tokens:
         raise ValueError(f"neighborhood: self-attention needs q and k with the same number "
                          f"of tokens; got q {tuple(q.shape)} and k {tuple(k.shape)}")
-    shape = tuple(int(n) for n in spatial_shape)
+    shape = _per_axis("spatial_shape", spatial_shape, np.size(spatial_shape), int)
     if not 1 <= len(shape) <= 3 or min(shape) < 1 or math.prod(shape) != tokens:
         raise ValueError(f"neighborhood: spatial_shape {shape} must have 1 to 3 positive "
                          f"axes whose product is the number of tokens {tokens}")
@@ -115,7 +122,7 @@ def _geometry(q, k, spatial_shape, kernel_size, dilation, causal) -> dict:
 
 
 def neighbours(spatial_shape, kernel_size, dilation, causal) -> tuple[list, list]:
-    """Per axis, the coordinates each position sees: (index int32 [n, k], valid bool [n, k])
+    """Per axis, the coordinates each position sees: (index int [n, k], valid bool [n, k])
     lists; invalid slots (causal windows near the start) hold the position itself."""
     indices, valid = [], []
     for n, kk, d, c in zip(spatial_shape, kernel_size, dilation, causal, strict=True):

@@ -110,7 +110,11 @@ class DiT(nn.Module):
 
     def on_grid(self) -> bool:
         """Whether the attention op takes a 2-D token grid (raster order, spatial_shape)."""
-        return bool(lla.attention.get(self.attention).capabilities.spatial_dims)
+        dims = lla.attention.get(self.attention).capabilities.spatial_dims
+        if dims and 2 not in dims:
+            raise ValueError(f"DiT: attention {self.attention!r} takes {dims}-D token grids, "
+                             f"not 2-D images")
+        return bool(dims)
 
     def token_order(self) -> np.ndarray:
         """Raster index of the patch fed at each position ([N] int32)."""

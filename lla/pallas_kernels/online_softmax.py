@@ -26,7 +26,7 @@ def update(carry, log2_logits: jax.Array, values: jax.Array, dot):
 
     Args:
       carry: (m, l, acc) as from `init`.
-      log2_logits: f32 [rows, M], -inf where masked; a row may be fully masked.
+      log2_logits: f32 [rows, M], -inf where masked; a row may be fully masked in this tile.
       values: [M, D].
       dot: the backend's matmul, dot(a [rows, M], b [M, D]) -> f32 [rows, D].
     """
@@ -42,6 +42,7 @@ def update(carry, log2_logits: jax.Array, values: jax.Array, dot):
 
 
 def finish(carry):
-    """(output f32 [rows, D], natural lse f32 [rows]) from a carry."""
+    """(output f32 [rows, D], natural lse f32 [rows]) from a carry; every row must have
+    seen at least one key (a row masked in every tile would give 0 / 0)."""
     row_max, row_sum, acc = carry
     return acc / row_sum[:, None], (row_max + jnp.log2(row_sum)) / LOG2E

@@ -24,12 +24,12 @@ class NeighborhoodTestBase(AttentionOpTestBase):
     op_name = "neighborhood"
     geometry = dict(spatial_shape=(7, 11), kernel_size=(3, 5), dilation=(2, 1))  # noqa: RUF012
     tiles: dict = {}  # noqa: RUF012 - read-only class configuration
+    interpret = False
     shapes = ((2, 77, 77, 3, 3, 24), (1, 77, 77, 2, 2, 32), (1, 77, 77, 4, 2, 16))
 
     @property
     def op_kwargs(self):
-        return {**self.geometry, **self.tiles,
-                "interpret": self.implementation in ("pallas_gpu", "pallas_tpu") and not ON_GPU}
+        return {**self.geometry, **self.tiles, "interpret": self.interpret}
 
     def reference(self, q, k, v, causal=False):
         mask = neighborhood_mask(self.geometry["spatial_shape"], self.geometry["kernel_size"],
@@ -46,6 +46,7 @@ class TestNeighborhoodPallasInterpret(NeighborhoodTestBase):
     several kv tiles, some of them partly outside the grid."""
 
     implementation = "pallas_gpu"
+    interpret = True
     tiles = dict(q_tile=(2, 4), kv_tile=(4, 2))  # noqa: RUF012
 
 
@@ -54,23 +55,31 @@ class TestNeighborhoodPallasTpuInterpret(NeighborhoodTestBase):
     step runs on the host, so tiles are few)."""
 
     implementation = "pallas_tpu"
+    interpret = True
     tiles = dict(q_tile=(4, 8), kv_tile=(4, 4))  # noqa: RUF012
     shapes = ((1, 77, 77, 2, 2, 16), (2, 77, 77, 2, 1, 8))
 
 
 @pytest.mark.parametrize("implementation", ["pallas_gpu", "pallas_tpu"])
-@pytest.mark.parametrize(("geometry", "tiles"), [
-    (dict(spatial_shape=(24,), kernel_size=9), dict(q_tile=(4,), kv_tile=(4,))),
+@pytest.mark.parametrize(("geometry", "tiles", "feature"), [
+    (dict(spatial_shape=(24,), kernel_size=9), dict(q_tile=(4,), kv_tile=(4,)), "full"),
     (dict(spatial_shape=(10, 12), kernel_size=(7, 5), causal=(False, True)),
-     dict(q_tile=(2, 2), kv_tile=(2, 2))),
+     dict(q_tile=(2, 2), kv_tile=(2, 2)), "full"),
+    (dict(spatial_shape=(13,), kernel_size=4, dilation=2, causal=True),
+     dict(q_tile=(2,), kv_tile=(2,)), "padding"),
 ])
-def test_kernels_with_fully_visible_tiles(implementation, geometry, tiles):
-    """Windows much larger than the tiles: some kv tiles are visited without a mask."""
-    plan = make_plan(geometry["spatial_shape"], _per_axis(geometry["kernel_size"], geometry),
-                     (1,) * len(geometry["spatial_shape"]),
-                     _per_axis(geometry.get("causal", False), geometry), 2, 1, 8,
+def test_kernels_on_edge_tilings(implementation, geometry, tiles, feature):
+    """"full": windows much larger than the tiles, so some kv tiles are visited without a
+    mask; "padding": a dilation group one token short, so its last tiles hold no token."""
+    rank = len(geometry["spatial_shape"])
+    plan = make_plan(geometry["spatial_shape"], _per_axis(geometry["kernel_size"], rank),
+                     _per_axis(geometry.get("dilation", 1), rank),
+                     _per_axis(geometry.get("causal", False), rank), 2, 1, 8,
                      tiles["q_tile"], tiles["kv_tile"])
-    assert plan.kv_lists().counts[..., 0].max() > 0
+    if feature == "full":
+        assert plan.kv_lists().counts[..., 0].max() > 0
+    else:
+        assert plan.query_lists().counts[..., 1].min() == 0  # an unvisited kv tile
     tokens = math.prod(geometry["spatial_shape"])
     q, k, v = random_qkv((1, tokens, tokens, 2, 1, 8))
     cotangent = jax.random.normal(jax.random.key(3), q.shape)
@@ -86,8 +95,7 @@ def test_kernels_with_fully_visible_tiles(implementation, geometry, tiles):
         assert relative_error(got, expected) < 1e-5, label
 
 
-def _per_axis(value, geometry):
-    rank = len(geometry["spatial_shape"])
+def _per_axis(value, rank):
     return tuple(value) if isinstance(value, tuple) else (value,) * rank
 
 
@@ -154,6 +162,8 @@ PLANS = [
          causal=(False, True, False), q_tile=(2, 2, 4), kv_tile=(1, 4, 2)),
     dict(spatial_shape=(40,), kernel_size=(7,), dilation=(3,), causal=(True,), q_tile=(8,),
          kv_tile=(4,)),
+    dict(spatial_shape=(13, 9), kernel_size=(4, 6), dilation=(2, 1), causal=(True, False),
+         q_tile=(2, 4), kv_tile=(2, 2)),
 ]
 
 
@@ -272,3 +282,26 @@ def test_reference_never_allocates_n_by_n():
     total = (memory.temp_size_in_bytes + memory.argument_size_in_bytes
              + memory.output_size_in_bytes)
     assert total < 2**30, f"{total / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(spatial_shape=(4, 4), kernel_size="13"), "kernel_size must be ints"),
+    (dict(spatial_shape=(4, 4), kernel_size=3.7), "kernel_size must be ints"),
+    (dict(spatial_shape=(4, 4), kernel_size=True), "kernel_size must be ints"),
+    (dict(spatial_shape=(4, 4), kernel_size=3, causal=("False", "False")), "causal must be bools"),
+    (dict(spatial_shape=(6.5, 6), kernel_size=3), "spatial_shape must be ints"),
+    (dict(spatial_shape=(4, 4), kernel_size=3, q_tile=True), "q_tile must be ints"),
+])
+def test_rejects_values_of_the_wrong_type(kwargs, message):
+    q = k = v = jnp.zeros((1, 16, 2, 8))
+    with pytest.raises(ValueError, match=message):
+        attention.neighborhood(q, k, v, **kwargs)
+
+
+def test_accepts_lists_arrays_and_numpy_scalars():
+    q = k = v = jax.random.normal(jax.random.key(0), (1, 16, 2, 8))
+    expected = attention.neighborhood(q, k, v, spatial_shape=(4, 4), kernel_size=(3, 3),
+                                      causal=(True, False))
+    got = attention.neighborhood(q, k, v, spatial_shape=np.array([4, 4]),
+                                 kernel_size=np.int64(3), causal=[np.bool_(True), False])
+    np.testing.assert_array_equal(got, expected)

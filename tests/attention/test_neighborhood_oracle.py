@@ -195,17 +195,6 @@ def draw_cases(count: int, seed: int = 0) -> tuple[Case, ...]:
     return tuple(cases)
 
 
-def neighborhood_or_skip(implementation: str):
-    """`lla.attention.neighborhood`, or skip when it (or `implementation`) is not there yet."""
-    op = getattr(attention, "neighborhood", None)
-    if op is None:
-        pytest.skip("lla.attention.neighborhood does not exist yet")
-    registered = "neighborhood" in attention.names()
-    if registered and implementation not in attention.get("neighborhood").implementations:
-        pytest.skip(f"neighborhood has no {implementation!r} implementation yet")
-    return op
-
-
 def inputs(case: Case):
     q, k, v = random_qkv(case.batch, case.tokens, case.heads, case.kv_heads, case.head_dim)
     cotangent = normal(q.shape, seed=7)
@@ -232,8 +221,7 @@ def oracle_forward_and_vjp(case: Case):
 
 
 def check_against_oracle(implementation: str, case: Case):
-    op = neighborhood_or_skip(implementation)
-    call = functools.partial(op, implementation=implementation,
+    call = functools.partial(attention.neighborhood, implementation=implementation,
                              interpret=implementation != "xla", **case.statics)
     out, grads = forward_and_vjp(call, case)
     expected, expected_grads = oracle_forward_and_vjp(case)
@@ -259,11 +247,11 @@ def test_random_sweep_matches_oracle(case, implementation):
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_output_keeps_bfloat16(implementation):
-    op = neighborhood_or_skip(implementation)
     case = Case((12,), 3, dilation=2, causal=True)
     q, k, v, _ = inputs(case)
-    out = op(*(x.astype(jnp.bfloat16) for x in (q, k, v)), implementation=implementation,
-             interpret=implementation != "xla", **case.statics)
+    out = attention.neighborhood(*(x.astype(jnp.bfloat16) for x in (q, k, v)),
+                                 implementation=implementation,
+                                 interpret=implementation != "xla", **case.statics)
     assert out.dtype == jnp.bfloat16
     expected = neighborhood_oracle(q, k, v, neighborhood_mask(**case.statics))
     assert relative_error(out, expected) < 2e-2
@@ -273,10 +261,9 @@ def test_output_keeps_bfloat16(implementation):
 
 
 def test_kernel_times_dilation_larger_than_axis_names_the_length():
-    op = neighborhood_or_skip("xla")
     q, k, v = random_qkv(1, 91, 2, 2, 8)
     with pytest.raises(ValueError, match="13"):
-        op(q, k, v, spatial_shape=(7, 13), kernel_size=(3, 5), dilation=(1, 3),
+        attention.neighborhood(q, k, v, spatial_shape=(7, 13), kernel_size=(3, 5), dilation=(1, 3),
            implementation="xla")
 
 
@@ -289,7 +276,6 @@ def test_kernel_times_dilation_larger_than_axis_names_the_length():
     {"spatial_shape": (4, 5), "kernel_size": 3, "causal": (True,) * 3},
 ], ids=["tokens", "kernel0", "dilation0", "kernel_axes", "dilation_axes", "causal_axes"])
 def test_invalid_arguments_raise(kwargs):
-    op = neighborhood_or_skip("xla")
     q, k, v = random_qkv(1, 20, 2, 2, 8)
     with pytest.raises(ValueError):  # noqa: PT011 - the message varies per argument
-        op(q, k, v, implementation="xla", **kwargs)
+        attention.neighborhood(q, k, v, implementation="xla", **kwargs)

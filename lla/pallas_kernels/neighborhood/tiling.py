@@ -142,10 +142,12 @@ class Plan:
 
     # ---- tile lists ---------------------------------------------------------------------------
 
+    @functools.cache  # noqa: B019 - plans are few, frozen and hashable
     def kv_lists(self) -> TileLists:
         """For each group and query tile, the kv tiles to visit."""
         return self._lists(transpose=False)
 
+    @functools.cache  # noqa: B019 - plans are few, frozen and hashable
     def query_lists(self) -> TileLists:
         """For each group and kv tile, the query tiles that visit it."""
         return self._lists(transpose=True)
@@ -153,21 +155,23 @@ class Plan:
     def _lists(self, transpose: bool) -> TileLists:
         per_group = []
         for group in range(self.groups):
-            relations = [self._axis_relation(a, _unravel(group, self.dilation, a))
-                         for a in range(self.rank)]
-            if transpose:
-                relations = [r.T for r in relations]
-            per_group.append(_box_lists(relations))
+            intervals = []
+            for a in range(self.rank):
+                bounds = self._axis_intervals(a, _unravel(group, self.dilation, a))
+                if transpose:
+                    bounds = _transpose_intervals(*bounds, self.tile_grid(self.kv_tile)[a])
+                intervals.append(bounds)
+            per_group.append(_box_lists(intervals, self.tile_grid(
+                self.q_tile if transpose else self.kv_tile)))
         width = max(tiles.shape[1] for tiles, _ in per_group)
         tiles = np.stack([np.pad(t, [(0, 0), (0, width - t.shape[1])], mode="edge")
                           for t, _ in per_group])
         return TileLists(tiles.astype(np.int32),
                          np.stack([c for _, c in per_group]).astype(np.int32))
 
-    @functools.cache  # noqa: B019 - plans are few, frozen and hashable
-    def _axis_relation(self, axis: int, group: int) -> np.ndarray:
-        """int8 [query tiles, kv tiles] along one axis: 0 no key seen, 1 some, 2 every
-        (query, key) pair of the two tiles visible."""
+    def _axis_intervals(self, axis: int, group: int):
+        """Along one axis, per query tile: the kv tiles it meets, [lo, hi], and those whose
+        every key all its queries see, [full_lo, full_hi] (inclusive; empty when lo > hi)."""
         size = group_extent(self.spatial_shape[axis], self.dilation[axis], group)
         q_tile, kv_tile = self.q_tile[axis], self.kv_tile[axis]
         first = np.arange(self.tile_grid(self.q_tile)[axis]) * q_tile
@@ -176,12 +180,9 @@ class Plan:
         last_lo, last_hi = window(np.minimum(first + q_tile - 1, size - 1), size,
                                   self.kernel_size[axis], self.causal[axis])
         # Window bounds grow with the query, so a tile's windows cover [first_lo, last_hi)
-        # and all of them contain [last_lo, first_hi).
-        start = np.arange(self.tile_grid(self.kv_tile)[axis])[None, :] * kv_tile
-        end = start + kv_tile
-        some = (first_lo[:, None] < end) & (start < last_hi[:, None])
-        every = (last_lo[:, None] <= start) & (end <= first_hi[:, None])
-        return np.where(every, 2, some).astype(np.int8)
+        # and all of them contain [last_lo, first_hi). All four bounds grow with the tile.
+        return (first_lo // kv_tile, (last_hi - 1) // kv_tile,
+                -(-last_lo // kv_tile), first_hi // kv_tile - 1)
 
 
 def _unravel(index, shape: Shape, axis: int):
@@ -189,29 +190,46 @@ def _unravel(index, shape: Shape, axis: int):
     return (index // math.prod(shape[axis + 1:])) % shape[axis]
 
 
-def _box_lists(relations: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Row-major flat lists from per-axis relations (their Kronecker product): for each row
-    multi-index, the column multi-indices related to it, fully visible ones first.
+def _transpose_intervals(lo, hi, full_lo, full_hi, columns: int):
+    """Per-row inclusive column intervals that grow with the row -> per column, the rows
+    whose interval holds it (again intervals, as the bounds are monotone)."""
+    column = np.arange(columns)
+    return (np.searchsorted(hi, column, "left"), np.searchsorted(lo, column, "right") - 1,
+            np.searchsorted(full_hi, column, "left"),
+            np.searchsorted(full_lo, column, "right") - 1)
+
+
+def _box_lists(intervals, column_grid: Shape) -> tuple[np.ndarray, np.ndarray]:
+    """Row-major flat lists from per-axis intervals: for each row multi-index, the column
+    multi-indices inside its per-axis intervals (a box), fully visible ones (inside every
+    axis' full interval) first. Cost O(rows x box size), never rows x columns.
 
     Returns (tiles int [R, S], counts int [R, 2]) as in `TileLists`.
     """
-    relation = relations[0]
-    for other in relations[1:]:
-        relation = np.minimum(relation[:, None, :, None], other[None, :, None, :]).reshape(
-            relation.shape[0] * other.shape[0], -1)
-    # Sort each row: full (2) first, then partial (1), then unrelated (0); stable by index.
+    index, relation = np.zeros((1, 1), np.int64), np.full((1, 1), 2, np.int8)
+    for (lo, hi, full_lo, full_hi), columns in zip(intervals, column_grid, strict=True):
+        width = max(int((hi - lo).max()) + 1, 1)
+        axis_index = lo[:, None] + np.arange(width)[None, :]  # [rows_a, width_a]
+        full = (full_lo[:, None] <= axis_index) & (axis_index <= full_hi[:, None])
+        axis_relation = np.where(axis_index <= hi[:, None], np.where(full, 2, 1), 0)
+        axis_index = np.clip(axis_index, 0, columns - 1)
+        index = (index[:, None, :, None] * columns + axis_index[None, :, None, :]).reshape(
+            index.shape[0] * len(lo), -1)
+        relation = np.minimum(relation[:, None, :, None],
+                              axis_relation[None, :, None, :]).reshape(index.shape)
+    # Sort each row: full (2) first, then partial (1), then padding (0); stable by index.
     order = np.argsort(-relation, axis=1, kind="stable")
-    ranked = np.take_along_axis(relation, order, axis=1)
+    relation = np.take_along_axis(relation, order, axis=1)
+    index = np.take_along_axis(index, order, axis=1)
     counts = np.stack([(relation == 2).sum(1), (relation > 0).sum(1)], axis=1)
-    width = max(int(counts[:, 1].max()), 1)
-    tiles = order[:, :width]
-    last = np.take_along_axis(tiles, np.maximum(counts[:, 1:] - 1, 0), axis=1)
-    tiles = np.where(ranked[:, :width] > 0, tiles, last)
-    return tiles, counts
+    last = np.take_along_axis(index, np.maximum(counts[:, 1:] - 1, 0), axis=1)
+    return np.where(relation > 0, index, last), counts
 
 
 # rank -> (query tile, kv tile) before clipping to the grid; 2-D and 3-D picked with
-# experiments/tune_neighborhood.py on an H200 (results in experiments/results/nvidia_h200/).
+# experiments/tune_neighborhood.py on an H200 at 256 x 256 (k = 7, 13, 31) and 16 x 64 x 64
+# (k = 3, 7, 7) (tune_neighborhood_*.json in experiments/results/nvidia_h200/): 8 x 8 / 8 x 8
+# is best at k = 31 and within 11% of the best at k = 7 (8 x 8 / 4 x 16). 1-D is untuned.
 DEFAULT_TILES = {
     1: ((64,), (64,)),
     2: ((8, 8), (8, 8)),
