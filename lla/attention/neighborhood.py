@@ -114,10 +114,11 @@ def _geometry(q, k, spatial_shape, kernel_size, dilation, causal) -> dict:
             raise ValueError(f"neighborhood: kernel_size {kernel} and dilation {dilation} "
                              f"must be >= 1 on every axis")
         if kk * d > n:
+            fixes = [f"kernel_size <= {n // d}"] + (
+                [f"dilation <= {n // kk}"] if d > 1 and n // kk >= 1 else [])
             raise ValueError(
                 f"neighborhood: kernel_size {kk} x dilation {d} = {kk * d} exceeds axis "
-                f"{axis} of spatial_shape {shape}, of length {n}; use kernel_size <= "
-                f"{n // d} or dilation <= {n // kk}")
+                f"{axis} of spatial_shape {shape}, of length {n}; use {' or '.join(fixes)}")
     return dict(spatial_shape=shape, kernel_size=kernel, dilation=dilation, causal=causal)
 
 

@@ -39,8 +39,12 @@ class NeighborhoodTestBase(AttentionOpTestBase):
 
 class TestNeighborhoodXla(NeighborhoodTestBase):
     implementation = "xla"
+    # On a GPU the gathers' gradients are scatter-adds with atomics: forward-only there.
+    deterministic_backward = not ON_GPU
 
 
+@pytest.mark.skipif(ON_GPU, reason="interpret mode on a GPU host runs the Triton dots in "
+                    "TF32, above the float32 bounds; TestNeighborhoodPallasGpu covers GPUs")
 class TestNeighborhoodPallasInterpret(NeighborhoodTestBase):
     """The GPU kernels in interpret mode, tiles small enough that every query tile reads
     several kv tiles, some of them partly outside the grid."""

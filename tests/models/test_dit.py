@@ -11,6 +11,14 @@ import lla.attention as attention
 from lla.models.dit import PRESETS, DiT, patchify, unpatchify
 
 
+@pytest.fixture(autouse=True)
+def _exact_matmuls():
+    """float32 matmuls in full precision on every platform (a GPU's default is TF32), as the
+    equality tolerances below assume."""
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 def init(model, batch=2, seed=0):
     images = jax.random.normal(jax.random.key(seed), (batch, model.resolution,
                                                       model.resolution, model.channels))
