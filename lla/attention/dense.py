@@ -67,10 +67,6 @@ def _xla(q, k, v, *, causal, segments, scale, return_residuals):
     return (out, lse) if return_residuals else out
 
 
-def _xla_reasons(q, k, v, *, causal, segments, scale, return_residuals):
-    return []
-
-
 def _cudnn(q, k, v, *, causal, segments, scale, return_residuals):
     del segments, return_residuals  # rejected by _cudnn_reasons
     return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=causal,
@@ -104,7 +100,8 @@ DENSE = registry.register(registry.AttentionOp(
         dtypes=("float32", "bfloat16", "float16")),
     implementations={
         "cudnn": registry.Implementation("cudnn", _cudnn, _cudnn_reasons, ("gpu",)),
-        "xla": registry.Implementation("xla", _xla, _xla_reasons, ("cpu", "gpu", "tpu")),
+        "xla": registry.Implementation("xla", _xla, registry.always_supported,
+                                       ("cpu", "gpu", "tpu")),
     },
     summary="softmax attention over all keys (causal, segment_ids, GQA)",
 ))

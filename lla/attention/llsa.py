@@ -121,10 +121,6 @@ def _xla(q, k, v, *, block_size, topk, levels, interpret):
     return hierarchy.heads_major(out.reshape(batch, heads, tokens, head_dim)).astype(q.dtype)
 
 
-def _xla_reasons(q, k, v, **static):
-    return []
-
-
 LLSA = registry.register(registry.AttentionOp(
     name="llsa",
     fn=llsa,
@@ -136,7 +132,8 @@ LLSA = registry.register(registry.AttentionOp(
                                               ("gpu",)),
         "pallas_tpu": registry.Implementation("pallas_tpu", llsa_pallas_tpu, pallas_tpu_reasons,
                                               ("tpu",)),
-        "xla": registry.Implementation("xla", _xla, _xla_reasons, ("cpu", "gpu", "tpu")),
+        "xla": registry.Implementation("xla", _xla, registry.always_supported,
+                                       ("cpu", "gpu", "tpu")),
     },
     summary="log-linear sparse attention: hierarchical top-K + weighted coarse levels",
 ))

@@ -122,7 +122,7 @@ def _geometry(q, k, spatial_shape, kernel_size, dilation, causal) -> dict:
     return dict(spatial_shape=shape, kernel_size=kernel, dilation=dilation, causal=causal)
 
 
-def neighbours(spatial_shape, kernel_size, dilation, causal) -> tuple[list, list]:
+def _neighbours(spatial_shape, kernel_size, dilation, causal) -> tuple[list, list]:
     """Per axis, the coordinates each position sees: (index int [n, k], valid bool [n, k])
     lists; invalid slots (causal windows near the start) hold the position itself."""
     indices, valid = [], []
@@ -156,7 +156,7 @@ def _xla(q, k, v, *, spatial_shape, kernel_size, dilation, causal, q_tile, kv_ti
     del q_tile, kv_tile, interpret  # pure JAX
     batch, tokens, heads, head_dim = q.shape
     kv_heads = k.shape[2]
-    indices, valid = neighbours(spatial_shape, kernel_size, dilation, causal)
+    indices, valid = _neighbours(spatial_shape, kernel_size, dilation, causal)
     strides = [math.prod(spatial_shape[a + 1:]) for a in range(len(spatial_shape))]
     window_keys = math.prod(kernel_size)
     chunk = _chunk_size(batch, heads, head_dim, window_keys, tokens)
@@ -191,10 +191,6 @@ def _xla(q, k, v, *, spatial_shape, kernel_size, dilation, causal, q_tile, kv_ti
     return out[:, :tokens].astype(q.dtype)
 
 
-def _xla_reasons(q, k, v, **static):
-    return []
-
-
 NEIGHBORHOOD = registry.register(registry.AttentionOp(
     name="neighborhood",
     fn=neighborhood,
@@ -208,7 +204,8 @@ NEIGHBORHOOD = registry.register(registry.AttentionOp(
         "pallas_tpu": registry.Implementation(
             "pallas_tpu", neighborhood_pallas_tpu, functools.partial(pallas_reasons, "tpu"),
             ("tpu",)),
-        "xla": registry.Implementation("xla", _xla, _xla_reasons, ("cpu", "gpu", "tpu")),
+        "xla": registry.Implementation("xla", _xla, registry.always_supported,
+                                       ("cpu", "gpu", "tpu")),
     },
     summary="neighbourhood attention on 1-3-D token grids (per-axis window, dilation, causal)",
 ))

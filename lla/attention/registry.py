@@ -89,6 +89,11 @@ class AttentionOp:
                f"implementations (preference order): {impls})"
 
 
+def always_supported(*arrays, **static) -> list[str]:
+    """`unsupported_reasons` of an implementation that runs any valid input (references)."""
+    return []
+
+
 class NoImplementationError(NotImplementedError):
     """No implementation of an op can run the given inputs; the message lists each reason."""
 

@@ -25,24 +25,31 @@ def update(carry, log2_logits: jax.Array, values: jax.Array, dot):
     """Folds one key tile into the carry.
 
     Args:
-      carry: (m, l, acc) as from `init`.
+      carry: (m, l, acc) as from `init`; m and l may also be [rows, 1] columns (Mosaic TPU
+        keeps row reductions as columns).
       log2_logits: f32 [rows, M], -inf where masked; a row may be fully masked in this tile.
       values: [M, D].
       dot: the backend's matmul, dot(a [rows, M], b [M, D]) -> f32 [rows, D].
     """
     row_max, row_sum, acc = carry
-    new_max = jnp.maximum(row_max, log2_logits.max(axis=1))
+    columns = row_max.ndim == 2
+    new_max = jnp.maximum(row_max, log2_logits.max(axis=1, keepdims=columns))
     # A row with no key so far keeps m = -inf; subtract 0 instead so exp2 gives 0, not NaN.
     shift = jnp.where(new_max == -jnp.inf, 0.0, new_max)
     correction = jnp.exp2(row_max - shift)
-    probs = jnp.exp2(log2_logits - shift[:, None])
-    row_sum = row_sum * correction + probs.sum(axis=1)
-    acc = acc * correction[:, None] + dot(probs.astype(values.dtype), values)
+    probs = jnp.exp2(log2_logits - _column(shift))
+    row_sum = row_sum * correction + probs.sum(axis=1, keepdims=columns)
+    acc = acc * _column(correction) + dot(probs.astype(values.dtype), values)
     return new_max, row_sum, acc
 
 
 def finish(carry):
-    """(output f32 [rows, D], natural lse f32 [rows]) from a carry; every row must have
-    seen at least one key (a row masked in every tile would give 0 / 0)."""
+    """(output f32 [rows, D], natural lse f32 shaped like m) from a carry; every row must
+    have seen at least one key (a row masked in every tile would give 0 / 0)."""
     row_max, row_sum, acc = carry
-    return acc / row_sum[:, None], (row_max + jnp.log2(row_sum)) / LOG2E
+    return acc / _column(row_sum), (row_max + jnp.log2(row_sum)) / LOG2E
+
+
+def _column(x: jax.Array) -> jax.Array:
+    """[rows] or [rows, 1] -> [rows, 1]."""
+    return x if x.ndim == 2 else x[:, None]

@@ -53,7 +53,6 @@ class _Specs:
     """BlockSpecs for grids (tile, group, row) with row = batch·H + head."""
 
     def __init__(self, plan: Plan, lists: TileLists):
-        self.plan, self.lists = plan, lists
         self.tq, self.tk = math.prod(plan.q_tile), math.prod(plan.kv_tile)
         self.mq = plan.group_tokens(plan.q_tile)
         self.mkv = plan.group_tokens(plan.kv_tile)

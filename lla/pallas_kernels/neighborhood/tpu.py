@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from lla.pallas_kernels import online_softmax
 from lla.pallas_kernels.neighborhood.tiling import Plan, TileLists
 from lla.pallas_kernels.online_softmax import LOG2E
 
@@ -137,27 +138,6 @@ def _kv_row(plan: Plan):
 
 # ---- forward --------------------------------------------------------------------------------
 
-def _online_update(max_ref, sum_ref, acc_ref, log2_logits, values):
-    """`online_softmax.update` on VMEM scratch. Mosaic keeps a tile's row reductions as
-    [rows, 1] columns (sublanes), so the statistics stay [rows, 1] instead of the shared
-    helper's 1-D [rows] vectors, which would need lane/sublane relayouts.
-
-    Args:
-      max_ref, sum_ref: f32 [rows, 1]; acc_ref: f32 [rows, D].
-      log2_logits: f32 [rows, M], -inf where masked (a row may be fully masked).
-      values: [M, D].
-    """
-    row_max = max_ref[...]
-    new_max = jnp.maximum(row_max, log2_logits.max(axis=1, keepdims=True))
-    # A row with no key so far keeps m = -inf; subtract 0 instead so exp2 gives 0, not NaN.
-    shift = jnp.where(new_max == -jnp.inf, 0.0, new_max)
-    correction = jnp.exp2(row_max - shift)
-    probs = jnp.exp2(log2_logits - shift)
-    sum_ref[...] = sum_ref[...] * correction + probs.sum(axis=1, keepdims=True)
-    acc_ref[...] = acc_ref[...] * correction + _dot(probs.astype(values.dtype), values)
-    max_ref[...] = new_max
-
-
 def _forward_kernel(tiles_ref, counts_ref, q_ref, k_ref, v_ref, out_ref, lse_ref, max_ref,
                     sum_ref, acc_ref, *, plan: Plan, lists: _Lists):
     @pl.when(_first_step())
@@ -171,14 +151,17 @@ def _forward_kernel(tiles_ref, counts_ref, q_ref, k_ref, v_ref, out_ref, lse_ref
         if masked:
             visible = plan.visible(pl.program_id(1), pl.program_id(2), kv_tile)
             logits = jnp.where(visible, logits, -jnp.inf)
-        _online_update(max_ref, sum_ref, acc_ref, logits, v_ref[...])
+        carry = (max_ref[...], sum_ref[...], acc_ref[...])
+        max_ref[...], sum_ref[...], acc_ref[...] = online_softmax.update(
+            carry, logits, v_ref[...], _dot)
 
     lists.visit(tiles_ref, counts_ref, step)
 
     @pl.when(_last_step())
     def _finish():
-        out_ref[...] = (acc_ref[...] / sum_ref[...]).astype(out_ref.dtype)
-        lse_ref[...] = (max_ref[...] + jnp.log2(sum_ref[...])) / LOG2E
+        out, lse = online_softmax.finish((max_ref[...], sum_ref[...], acc_ref[...]))
+        out_ref[...] = out.astype(out_ref.dtype)
+        lse_ref[...] = lse
 
 
 def forward(q, k, v, plan: Plan, interpret: bool = False):
