@@ -14,8 +14,8 @@ Variants, `configs/llsa_pixel.py:key=value,...`:
   res=32|64|128|256|512      image side (N = res^2 pixel tokens); res >= 128 selects the
                              full-size recipe: DiT-S, batch 16, 100k steps, lr 1e-4, bf16
   attention=llsa|dense|neighborhood|<op>
-                             any registered op (`lla.attention.names()`); neighborhood
-                             uses 13 x 13 windows
+                             any registered op (`lla.attention.names()`) with its
+                             `default_kwargs` (llsa: block 16, top-8; neighborhood: 13 x 13)
   data=procedural|fashion_mnist|image_folder|tfds:<name>
                              fashion_mnist reads data/fashion-mnist (scripts/
                              fetch_fashion_mnist.sh); image_folder reads --config.data.kwargs.path
@@ -38,71 +38,52 @@ from __future__ import annotations
 
 import ml_collections
 
-from lla.models.dit import PRESETS
+from configs import common
+from lla import models
 
-ATTENTION_KWARGS = {  # defaults per op; the DiT adds spatial_shape for ops on token grids
-    "llsa": {"block_size": 16, "topk": 8},
-    "neighborhood": {"kernel_size": 13},
-}
-
-
-def parse(arg: str | None) -> dict[str, str]:
-    """'res=64,attention=dense' -> {'res': '64', 'attention': 'dense'}."""
-    options = {}
-    for item in filter(None, (arg or "").split(",")):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"config argument {item!r}: expected key=value")
-        options[key.strip()] = value.strip()
-    unknown = set(options) - {"res", "attention", "data", "model"}
-    if unknown:
-        raise ValueError(f"unknown config arguments {sorted(unknown)}; "
-                         f"known: res, attention, data, model")
-    return options
+DEFAULTS = {"res": 32, "attention": "llsa", "data": "procedural", "model": None}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    options = parse(arg)
-    resolution = int(options.get("res", 32))
-    if resolution not in (32, 64, 128, 256, 512):
-        raise ValueError(f"res={resolution}: choose 32, 64, 128, 256 or 512")
+    options = common.parse(arg, DEFAULTS)
+    resolution = options["res"]
+    common.choose("res", resolution, (32, 64, 128, 256, 512))
     full_size = resolution >= 128
+    preset = options["model"] or ("S" if full_size else "tiny")
+    common.choose("model", preset, models.get("dit").PRESETS)
+    attention, attention_kwargs = common.attention(options["attention"])
 
     config = ml_collections.ConfigDict()
     config.seed = 0
-    config.resolution = resolution
     config.total_steps = 100_000 if full_size else 300
     config.batch_size = 16
     config.log_every = 50 if full_size else 10
     config.checkpoint_every = 2000 if full_size else 100
-    config.sample_every = 5000 if full_size else 150
+    config.eval_every = 5000 if full_size else 150  # sample grids
     config.keep_checkpoints = 3
-    config.noise_scale = 0.0  # 0: the resolution rule, max(1, res / 64)
     config.distributed = False
 
     config.data = ml_collections.ConfigDict()
-    config.data.name = options.get("data", "procedural")
-    config.data.kwargs = ml_collections.ConfigDict()
+    config.data.name = options["data"]
+    config.data.kwargs = ml_collections.ConfigDict({"resolution": resolution})
     if config.data.name == "fashion_mnist":
         config.data.kwargs.directory = "data/fashion-mnist"
     elif config.data.name == "image_folder":
         config.data.kwargs.path = ""
 
-    config.model = ml_collections.ConfigDict()
-    config.model.preset = options.get("model", "S" if full_size else "tiny")
-    if config.model.preset not in PRESETS:
-        raise ValueError(f"model={config.model.preset}: choose one of {sorted(PRESETS)}")
-    config.model.patch_size = 1
-    config.model.attention = options.get("attention", "llsa")
-    config.model.attention_kwargs = ml_collections.ConfigDict(
-        ATTENTION_KWARGS.get(config.model.attention, {}))
-    config.model.dtype = "bfloat16" if full_size else "float32"
-    config.model.class_conditional = False
-    config.model.label_dropout = 0.1
+    config.objective = ml_collections.ConfigDict(dict(
+        name="flow_matching",
+        noise_scale=0.0,  # 0: the resolution rule, max(1, res / 64)
+        class_conditional=False,
+        sample_count=16, sample_steps=20, guidance_scale=1.0))
+
+    config.model = ml_collections.ConfigDict(dict(
+        name="dit", preset=preset, patch_size=1, attention=attention,
+        attention_kwargs=attention_kwargs, dtype="bfloat16" if full_size else "float32",
+        label_dropout=0.1))
 
     config.optimizer = ml_collections.ConfigDict(dict(
         learning_rate=1e-4 if full_size else 1e-3, weight_decay=0.01, clip_norm=1.0,
         warmup_steps=0 if full_size else 20))
     config.ema = ml_collections.ConfigDict(dict(max_decay=0.9999, inv_gamma=1.0, power=0.75))
-    config.sampling = ml_collections.ConfigDict(dict(count=16, steps=20, guidance_scale=1.0))
     return config

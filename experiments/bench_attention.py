@@ -23,10 +23,7 @@ times, ratios, gate errors and XLA's compiled buffer sizes. Shapes: see SHAPES o
 
 from __future__ import annotations
 
-import ast
-import dataclasses
 import datetime
-import re
 import sys
 
 import jax
@@ -36,6 +33,7 @@ from absl import app, flags
 import lla.attention as attention
 from experiments.benchmarking import (
     SHAPES,
+    Entry,
     inputs,
     median_seconds,
     parse_shape,
@@ -58,51 +56,6 @@ flags.DEFINE_integer("warmup", 3, "untimed calls before sampling")
 flags.DEFINE_float("sample_seconds", 0.02, "target length of one sample (sets --inner)")
 flags.DEFINE_string("name", None, "results file name (default: from ops and dtype)")
 flags.DEFINE_string("results_dir", "experiments/results", "results root; <device>/ is added")
-
-
-@dataclasses.dataclass(frozen=True)
-class Entry:
-    """One thing to time: an op, an implementation (None = dispatch) and keyword arguments."""
-
-    op: str
-    implementation: str | None
-    kwargs: tuple[tuple[str, object], ...]
-
-    @classmethod
-    def parse(cls, text: str) -> Entry:
-        head, *pairs = text.strip().split("/")
-        op, _, implementation = head.partition(":")
-        attention.get(op)  # unknown names fail here, listing the registered ones
-        kwargs = []
-        for pair in pairs:
-            key, sep, value = pair.partition("=")
-            if not sep:
-                raise ValueError(f"--ops entry {text!r}: expected key=value, got {pair!r}")
-            if re.fullmatch(r"\d+(x\d+)+", value):
-                kwargs.append((key, tuple(int(n) for n in value.split("x"))))
-                continue
-            try:
-                kwargs.append((key, ast.literal_eval(value)))
-            except (ValueError, SyntaxError):
-                kwargs.append((key, value))
-        return cls(op, implementation or None, tuple(kwargs))
-
-    def __str__(self) -> str:
-        label = self.op + (f":{self.implementation}" if self.implementation else "")
-        return label + "".join(f"/{k}={_text(v)}" for k, v in self.kwargs)
-
-    def function(self, *, reference: bool = False):
-        """`f(q, k, v)` running this entry, or with `reference` the op's "xla" implementation."""
-        op = attention.get(self.op)
-        implementation = "xla" if reference else self.implementation
-        return lambda q, k, v: op(q, k, v, implementation=implementation, **dict(self.kwargs))
-
-
-def _text(value) -> str:
-    """A keyword value as written in --ops (tuples of ints as AxB)."""
-    if isinstance(value, tuple) and value and all(isinstance(x, int) for x in value):
-        return "x".join(map(str, value))
-    return str(value)
 
 
 def gate(entry: Entry, qkv, cotangent, backward: bool, dtype: str) -> dict:

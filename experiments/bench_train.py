@@ -3,11 +3,11 @@ r"""Training throughput of the DiT with several attention ops, same process, sam
     python -m experiments.bench_train --config=configs/llsa_pixel.py:res=256,model=S \
         --attentions=llsa,dense --batch_size=2 --steps=10
 
-For each attention (with the config's own kwargs for its op, and `ATTENTION_KWARGS` of
-configs/llsa_pixel.py for the others): builds the model and train state from the config,
-runs warm-up steps,
-then times --steps jitted train steps on a fixed batch (block_until_ready). Reports
-images/s, pixel tokens/s and the speed-up over the last attention listed (the baseline,
+For each attention (with the config's own kwargs for its op, and the op's registered
+`default_kwargs` for the others): builds the experiment (any model family and objective)
+from the config, runs warm-up steps, then times --steps jitted train steps on a fixed batch
+(block_until_ready). Reports
+examples/s, tokens/s and the speed-up over the last attention listed (the baseline,
 "dense" by default), the process's device-memory high-water mark after each attention (a
 running maximum, not per attention), and writes `<results_dir>/<device>/<name>.json`.
 """
@@ -20,12 +20,11 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from configs.llsa_pixel import ATTENTION_KWARGS
+import lla.attention
 from experiments.benchmarking import write_report
 from lla import data
-from lla.diffusion import flow_matching
-from lla.training import loop, optim, sharding
-from lla.training.step import make_train_step
+from lla.training import sharding
+from lla.training.experiment import Experiment
 
 config_flags.DEFINE_config_file("config", None, "training config (file.py:arg)")
 flags.DEFINE_list("attentions", ["llsa", "dense"], "attention ops; the last is the baseline")
@@ -42,17 +41,14 @@ def measure(config, attention: str) -> dict:
     config = config.copy_and_resolve_references()
     if attention != config.model.attention:
         config.model.attention = attention
-        config.model.attention_kwargs = dict(ATTENTION_KWARGS.get(attention, {}))
+        config.model.attention_kwargs = dict(lla.attention.get(attention).default_kwargs)
+    config.batch_size = FLAGS.batch_size
     mesh = sharding.data_mesh()
-    source = data.get_source(config.data.name, resolution=config.resolution,
-                             **dict(config.data.kwargs))
-    model = loop.build_model(config, source)
-    optimizer = optim.make_optimizer(**dict(config.optimizer))
-    state = loop.initial_state(model, optimizer, config, mesh)
-    scale = config.noise_scale or flow_matching.noise_scale(config.resolution)
-    step = jax.jit(make_train_step(model, optimizer, scale=scale, seed=0), donate_argnums=0)
+    experiment = Experiment.from_config(config)
+    state = experiment.initial_state(mesh)
+    step = jax.jit(experiment.train_step(seed=0), donate_argnums=0)
     batch = sharding.global_batch(
-        next(data.batches(source, batch_size=FLAGS.batch_size, seed=0)), mesh)
+        next(data.batches(experiment.source, batch_size=FLAGS.batch_size, seed=0)), mesh)
     start = time.perf_counter()
     state, metrics = jax.block_until_ready(step(state, batch))
     compile_s = time.perf_counter() - start
@@ -64,10 +60,10 @@ def measure(config, attention: str) -> dict:
         state, metrics = step(state, batch)
     jax.block_until_ready(state)
     seconds = (time.perf_counter() - start) / FLAGS.steps
-    tokens = FLAGS.batch_size * (config.resolution // config.model.patch_size) ** 2
+    tokens = experiment.tokens_per_step()
     stats = jax.devices()[0].memory_stats() or {}
     return {"attention": attention, "attention_kwargs": dict(config.model.attention_kwargs),
-            "step_s": seconds, "images_per_s": FLAGS.batch_size / seconds,
+            "step_s": seconds, "examples_per_s": FLAGS.batch_size / seconds,
             "tokens_per_s": tokens / seconds, "first_step_s": compile_s,
             "final_loss": float(metrics["loss"]),
             "process_peak_bytes": stats.get("peak_bytes_in_use")}
@@ -81,14 +77,16 @@ def main(argv) -> None:
     for attention in FLAGS.attentions:
         rows.append(measure(config, attention))
         print(f"{attention:>8}: {rows[-1]['step_s'] * 1e3:9.1f} ms/step, "
-              f"{rows[-1]['images_per_s']:8.3f} img/s, {rows[-1]['tokens_per_s']:.4g} tok/s",
+              f"{rows[-1]['examples_per_s']:8.3f} examples/s, "
+              f"{rows[-1]['tokens_per_s']:.4g} tok/s",
               flush=True)
     baseline = rows[-1]
     for row in rows:
         row["speedup_vs_" + baseline["attention"]] = baseline["step_s"] / row["step_s"]
     report = {"device_kind": jax.devices()[0].device_kind, "jax_version": jax.__version__,
               "device_count": jax.device_count(), "batch_size": FLAGS.batch_size,
-              "resolution": config.resolution, "model": config.model.preset,
+              "data": config.data.to_dict(), "model": config.model.name,
+              "preset": config.model.preset,
               "dtype": config.model.dtype, "rows": rows}
     write_report(report, FLAGS.results_dir, FLAGS.name)
     for row in rows[:-1]:

@@ -1,9 +1,12 @@
-"""Shared benchmark helpers: named shapes, inputs, a device-synchronised timer, error metric.
+"""Shared benchmark helpers: op entries, named shapes, inputs, a device-synchronised timer,
+the error metric and the report writer.
 
 No flags here, so every experiment script can import it."""
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import json
 import math
 import pathlib
@@ -13,6 +16,67 @@ import time
 
 import jax
 import jax.numpy as jnp
+
+import lla.attention as attention
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One thing to time: an op, an implementation (None = dispatch) and keyword arguments."""
+
+    op: str
+    implementation: str | None
+    kwargs: tuple[tuple[str, object], ...]
+
+    @classmethod
+    def parse(cls, text: str) -> Entry:
+        head, *pairs = text.strip().split("/")
+        op, _, implementation = head.partition(":")
+        attention.get(op)  # unknown names fail here, listing the registered ones
+        return cls(op, implementation or None, tuple(parse_assignments(pairs, text).items()))
+
+    def __str__(self) -> str:
+        label = self.op + (f":{self.implementation}" if self.implementation else "")
+        return label + "".join(f"/{k}={_text(v)}" for k, v in self.kwargs)
+
+    def function(self, *, reference: bool = False):
+        """`f(q, k, v)` running this entry, or with `reference` the op's "xla" implementation.
+
+        The op's `default_kwargs` fill in the arguments the entry does not set."""
+        op = attention.get(self.op)
+        implementation = "xla" if reference else self.implementation
+        kwargs = {**op.default_kwargs, **dict(self.kwargs)}
+        return lambda q, k, v: op(q, k, v, implementation=implementation, **kwargs)
+
+
+def _text(value) -> str:
+    """A keyword value as written in --ops (tuples of ints as AxB)."""
+    if isinstance(value, tuple) and value and all(isinstance(x, int) for x in value):
+        return "x".join(map(str, value))
+    return str(value)
+
+
+def parse_value(text: str):
+    """A keyword value as written on the command line: `AxB...` is a tuple of ints, else a
+    Python literal, else the string itself."""
+    if re.fullmatch(r"\d+(x\d+)+", text):
+        return tuple(int(n) for n in text.split("x"))
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_assignments(items, context: str) -> dict:
+    """['key=value', ...] -> {key: parse_value(value)}; `context` names the source in errors."""
+    parsed = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{context!r}: expected key=value, got {item!r}")
+        parsed[key.strip()] = parse_value(value.strip())
+    return parsed
+
 
 SHAPES = {
     "tiny": (1, 256, 2, 32),

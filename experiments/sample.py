@@ -1,4 +1,5 @@
-r"""Writes a PNG grid of samples from a training run's checkpoint (EMA weights by default).
+r"""Writes a PNG grid of samples from a generative training run's checkpoint (EMA weights by
+default; the run's objective provides the sampler, e.g. flow matching's Euler sampler).
 
     python -m experiments.sample --workdir=workdirs/llsa_pixel [--step=300] [--count=16] \
         [--steps=20] [--guidance_scale=1.0] [--out=samples.png] [--raw_weights]
@@ -13,10 +14,10 @@ import jax
 import ml_collections
 from absl import app, flags, logging
 
-from lla import data
-from lla.diffusion import flow_matching
-from lla.training import loop, optim, samples, sharding
+from lla.data.imaging import image_grid, save_png
+from lla.training import sharding
 from lla.training.checkpoint import Checkpointer
+from lla.training.experiment import Experiment
 
 flags.DEFINE_string("workdir", None, "a training run's workdir (holds config.json)")
 flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)")
@@ -39,20 +40,19 @@ def main(argv) -> None:
     step = FLAGS.step or checkpointer.latest_step()
     if step is None:
         raise SystemExit(f"no checkpoint in {workdir / 'checkpoints'}")
-    source = data.get_source(config.data.name, resolution=config.resolution,
-                             **dict(config.data.kwargs))
-    model = loop.build_model(config, source)
-    optimizer = optim.make_optimizer(**dict(config.optimizer))
-    like = loop.initial_state(model, optimizer, config, sharding.data_mesh())
-    state, _ = checkpointer.restore(step, like)
+    experiment = Experiment.from_config(config)
+    if not hasattr(experiment.objective, "sampler"):
+        raise SystemExit(f"objective {config.objective.name!r} of {workdir} does not sample "
+                         f"images")
+    state, _ = checkpointer.restore(step, experiment.initial_state(sharding.data_mesh()))
     checkpointer.close()
-    scale = config.noise_scale or flow_matching.noise_scale(config.resolution)
-    sampler = samples.make_sampler(model, count=FLAGS.count, scale=scale, steps=FLAGS.steps,
-                                   guidance_scale=FLAGS.guidance_scale)
+    sampler = experiment.objective.sampler(experiment.model, count=FLAGS.count,
+                                           steps=FLAGS.steps,
+                                           guidance_scale=FLAGS.guidance_scale)
     params = state.params if FLAGS.raw_weights else state.ema_params
     images = jax.device_get(sampler(params, jax.random.key(FLAGS.seed)))
     out = FLAGS.out or workdir / "samples" / f"sample_{step:07d}.png"
-    print(f"wrote {samples.save_png(samples.image_grid(images), out)}")
+    print(f"wrote {save_png(image_grid(images), out)}")
 
 
 if __name__ == "__main__":

@@ -2,21 +2,31 @@
 
     import lla.attention as attn
     out = attn.dot_product_attention(q, k, v, causal=True)
-    attn.names(); attn.get("dense")  # registry: capabilities and implementations
+    attn.names(); attn.get("dense")            # registry: capabilities and implementations
+    order = attn.token_order.for_op("llsa", (256, 256))   # how a model feeds grid tokens
+
+One folder per op (`dense/`, `llsa/`, `neighborhood/`): the public function and its
+registration in `__init__.py`, the "xla" reference in `reference.py`, one file per other
+implementation named as it is (`cudnn.py`, `pallas_gpu.py`, `pallas_tpu.py`). Shared pieces
+are in `common/`. This file is the explicit list of public ops: a new op adds one import.
 """
 
+from lla.attention.common import token_order
+from lla.attention.common.partials import merge_partials
 from lla.attention.dense import dot_product_attention
 from lla.attention.llsa import llsa
 from lla.attention.neighborhood import neighborhood
-from lla.attention.partials import merge_partials
 from lla.attention.registry import (
     AttentionOp,
     Capabilities,
     Implementation,
     NoImplementationError,
+    Tunable,
+    dispatch_log,
     get,
     names,
     register,
+    tuning,
 )
 
 __all__ = [
@@ -24,6 +34,8 @@ __all__ = [
     "Capabilities",
     "Implementation",
     "NoImplementationError",
+    "Tunable",
+    "dispatch_log",
     "dot_product_attention",
     "get",
     "llsa",
@@ -31,4 +43,6 @@ __all__ = [
     "names",
     "neighborhood",
     "register",
+    "token_order",
+    "tuning",
 ]

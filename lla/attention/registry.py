@@ -1,34 +1,59 @@
-"""The attention registry: ops by name, their capability flags and implementation dispatch.
+"""The attention registry: ops by name, what each supports, and implementation dispatch.
 
 An op (`AttentionOp`) is a public function plus an ordered table of implementations
 (`Implementation`). Each implementation says, for concrete inputs, why it cannot run
-(`unsupported_reasons`); dispatch picks the first one with no reasons, and when none fits it
-raises `NoImplementationError` listing every implementation with its reasons, e.g.
+(`unsupported_reasons`); dispatch (`call`, `select`) picks the first one with no reasons, and
+when none fits it raises `NoImplementationError` listing every implementation with its
+reasons, e.g.
 
     no implementation of 'dense' fits: cudnn: platform is cpu, needs gpu; xla: ...
 
+An op also carries the facts models, configs, tests and benchmarks need, so none of them
+knows ops by name: `capabilities` (including the token order a model must feed,
+`lla.attention.token_order`), `default_kwargs` (what configs and models use) and
+`example_kwargs` (small valid arguments for tests and smoke benchmarks).
+
+Kernel tuning (tile sizes, launch parameters) is not in an op's signature: an implementation
+may declare a `Tunable` config, a frozen dataclass with a heuristic default; `tuning(...)`
+overrides fields of it for the calls made inside a `with` block.
+
 Usage:
-    lla.attention.names()            # ('dense', ...)
-    lla.attention.get("dense")       # AttentionOp with .capabilities and .implementations
+    lla.attention.names()                      # ('dense', 'llsa', 'neighborhood')
+    lla.attention.get("dense")                 # AttentionOp: capabilities, implementations
+    with lla.attention.tuning("neighborhood", "pallas_gpu", q_tile=(8, 16)):
+        out = lla.attention.neighborhood(q, k, v, spatial_shape=(256, 256), kernel_size=13)
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+import types
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
 
+TOKEN_ORDERS = ("any", "hierarchy", "grid")
+
 
 @dataclasses.dataclass(frozen=True)
 class Capabilities:
-    """What an op supports. Models use these flags to decide whether an op plugs in.
+    """What an op supports. Models use these flags to decide whether and how an op plugs in.
+
+    Every flag has a default, so a new flag never touches existing registrations.
 
     Attributes:
       causal: supports `causal=True`.
-      spatial_dims: token layouts understood, as numbers of spatial axes; () means the op is
-        layout agnostic (a plain sequence of tokens in any order).
+      spatial_dims: numbers of grid axes (1 = a sequence, 2 = images, 3 = video) whose tokens
+        the op can attend over.
+      token_order: what a model must do with grid tokens (`lla.attention.token_order`):
+        "any"       the result does not depend on the token order (dense attention);
+        "hierarchy" the op pools runs of consecutive tokens, so runs must be spatially
+                    compact: Z-order on 2-D and 3-D grids, the natural order in 1-D (LLSA);
+        "grid"      row-major (raster) order, with the grid passed as `spatial_shape`
+                    (neighbourhood attention).
       segments: supports `segment_ids` (packed variable-length sequences).
       gqa: k/v may have fewer heads than q (a divisor).
       decode: supports incremental decoding (q shorter than k/v with a cache).
@@ -36,16 +61,45 @@ class Capabilities:
       dtypes: floating dtypes accepted by at least one implementation.
     """
 
-    causal: bool
-    spatial_dims: tuple[int, ...]
-    segments: bool
-    gqa: bool
-    decode: bool
-    trainable: bool
-    dtypes: tuple[str, ...]
+    causal: bool = False
+    spatial_dims: tuple[int, ...] = (1, 2, 3)
+    token_order: str = "any"
+    segments: bool = False
+    gqa: bool = False
+    decode: bool = False
+    trainable: bool = True
+    dtypes: tuple[str, ...] = ("float32", "bfloat16", "float16")
+
+    def __post_init__(self):
+        if self.token_order not in TOKEN_ORDERS:
+            raise ValueError(f"Capabilities: token_order {self.token_order!r} is not one of "
+                             f"{TOKEN_ORDERS}")
+        if not self.spatial_dims or not set(self.spatial_dims) <= {1, 2, 3}:
+            raise ValueError(f"Capabilities: spatial_dims {self.spatial_dims!r} must be a "
+                             f"non-empty subset of (1, 2, 3)")
 
 
 ReasonsFn = Callable[..., list[str]]
+
+
+def always_supported(*arrays, **static) -> list[str]:
+    """`unsupported_reasons` of an implementation that runs any valid input (references)."""
+    return []
+
+
+@dataclasses.dataclass(frozen=True)
+class Tunable:
+    """The tuning knobs of one implementation.
+
+    Attributes:
+      default: `default(*arrays, **static)` -> the heuristic config for these inputs, a
+        frozen, hashable dataclass (it becomes a static argument of jitted code).
+      fields: the names of the config's fields `tuning(...)` may override (the rest, if
+        any, describe the call and follow from the inputs).
+    """
+
+    default: Callable[..., Any]
+    fields: tuple[str, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,28 +108,54 @@ class Implementation:
 
     Attributes:
       name: "xla" (pure-JAX reference), "pallas_gpu", "pallas_tpu", "cudnn", ...
-      fn: called as `fn(*arrays, **static_kwargs)` with the op's own arguments.
-      unsupported_reasons: same call signature as `fn`, returns why this implementation cannot
-        run these inputs (empty when it can). Must only look at shapes, dtypes and statics.
+      fn: called as `fn(*arrays, **static)` with the op's own arguments, plus `config=` (the
+        resolved `Tunable` config) when the implementation is tunable.
+      unsupported_reasons: same call as `fn`; returns why this implementation cannot run
+        these inputs (empty when it can). Must only look at shapes, dtypes and statics.
       platforms: jax backends it runs on by default (`jax.default_backend()`); naming an
         implementation explicitly skips this check only where `unsupported_reasons` allows.
+      tunable: its tuning knobs, or None.
     """
 
     name: str
     fn: Callable[..., Any]
-    unsupported_reasons: ReasonsFn
-    platforms: tuple[str, ...]
+    unsupported_reasons: ReasonsFn = always_supported
+    platforms: tuple[str, ...] = ("cpu", "gpu", "tpu")
+    tunable: Tunable | None = None
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class AttentionOp:
-    """A registered attention variant: `op(q, k, v, **kwargs)` calls `fn`."""
+    """A registered attention variant: `op(q, k, v, **kwargs)` calls `fn`.
+
+    Attributes:
+      name: the registry name.
+      fn: the public function, `fn(q, k, v, *, ..., implementation=None)`.
+      implementations: in preference order; one must be "xla", the reference.
+      summary: one line for listings.
+      capabilities: what it supports (defaults: see `Capabilities`).
+      default_kwargs: the op's keyword arguments as configs and models use them by default
+        (e.g. the paper's defaults); spatial arguments come from the token order instead.
+      example_kwargs: keyword arguments valid on small inputs (an 8 x 8 grid, 64 tokens),
+        for the shared tests, models' "every op plugs in" tests and CPU benchmark runs.
+    """
 
     name: str
     fn: Callable[..., Any]
-    capabilities: Capabilities
-    implementations: Mapping[str, Implementation]
+    implementations: Mapping[str, Implementation] | Sequence[Implementation]
     summary: str
+    capabilities: Capabilities = Capabilities()
+    default_kwargs: Mapping[str, Any] = types.MappingProxyType({})
+    example_kwargs: Mapping[str, Any] = types.MappingProxyType({})
+
+    def __post_init__(self):
+        impls = self.implementations
+        if not isinstance(impls, Mapping):
+            impls = {impl.name: impl for impl in impls}
+        for field, value in (("implementations", impls),
+                             ("default_kwargs", self.default_kwargs),
+                             ("example_kwargs", self.example_kwargs)):
+            object.__setattr__(self, field, types.MappingProxyType(dict(value)))
 
     def __call__(self, *args, **kwargs):
         return self.fn(*args, **kwargs)
@@ -85,13 +165,9 @@ class AttentionOp:
                          for f in dataclasses.fields(self.capabilities))
         impls = ", ".join(
             f"{i.name} [{'/'.join(i.platforms)}]" for i in self.implementations.values())
-        return f"AttentionOp({self.name!r}: {self.summary}\n  capabilities: {caps}\n  " \
-               f"implementations (preference order): {impls})"
-
-
-def always_supported(*arrays, **static) -> list[str]:
-    """`unsupported_reasons` of an implementation that runs any valid input (references)."""
-    return []
+        return (f"AttentionOp({self.name!r}: {self.summary}\n  capabilities: {caps}\n  "
+                f"default_kwargs: {dict(self.default_kwargs)}\n  "
+                f"implementations (preference order): {impls})")
 
 
 class NoImplementationError(NotImplementedError):
@@ -111,8 +187,11 @@ def register(op: AttentionOp) -> AttentionOp:
     return op
 
 
-def get(name: str) -> AttentionOp:
-    """Returns the registered op `name`; the error lists the registered names."""
+def get(name: str | AttentionOp) -> AttentionOp:
+    """Returns the registered op `name` (an op is returned as is); the error lists the
+    registered names."""
+    if isinstance(name, AttentionOp):
+        return name
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -124,12 +203,88 @@ def names() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
 
+# ---- tuning overrides ------------------------------------------------------------------------
+
+_OVERRIDES: contextvars.ContextVar[Mapping[tuple[str, str], Mapping[str, Any]]] = (
+    contextvars.ContextVar("lla_attention_tuning", default=types.MappingProxyType({})))
+
+
+@contextlib.contextmanager
+def tuning(op: str, implementation: str, **values) -> Iterator[None]:
+    """Overrides tuning fields of `op`'s `implementation` for calls traced inside the block.
+
+    Nested blocks add to (and may replace) the outer block's values. The values become part
+    of the implementation's static config, so jitted functions traced inside a block keep
+    them. Unknown ops, implementations without tuning knobs and unknown fields raise
+    ValueError naming what exists.
+    """
+    impl = _implementation(get(op), implementation)
+    if impl.tunable is None:
+        raise ValueError(f"{op}: implementation {implementation!r} has no tuning knobs")
+    unknown = sorted(set(values) - set(impl.tunable.fields))
+    if unknown:
+        raise ValueError(f"{op}/{implementation}: unknown tuning field(s) {unknown}; "
+                         f"fields: {', '.join(impl.tunable.fields)}")
+    current = _OVERRIDES.get()
+    key = (get(op).name, implementation)
+    token = _OVERRIDES.set(types.MappingProxyType(
+        {**current, key: types.MappingProxyType({**current.get(key, {}), **values})}))
+    try:
+        yield
+    finally:
+        _OVERRIDES.reset(token)
+
+
+def config_for(op: AttentionOp, impl: Implementation, *args, **kwargs):
+    """The config `impl` runs these inputs with: its heuristic default with the active
+    `tuning` overrides applied (None when it has no tuning knobs)."""
+    if impl.tunable is None:
+        return None
+    config = impl.tunable.default(*args, **kwargs)
+    overrides = _OVERRIDES.get().get((op.name, impl.name))
+    return dataclasses.replace(config, **overrides) if overrides else config
+
+
+# ---- dispatch --------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Dispatch:
+    """One dispatched call, as recorded by `dispatch_log`."""
+
+    op: str
+    implementation: str
+    config: Any
+
+
+_LOG: contextvars.ContextVar[list[Dispatch] | None] = contextvars.ContextVar(
+    "lla_attention_dispatch_log", default=None)
+
+
+@contextlib.contextmanager
+def dispatch_log() -> Iterator[list[Dispatch]]:
+    """Records every op call dispatched (traced) inside the block: which implementation ran
+    and with which config. `jax.eval_shape` inside the block records without computing."""
+    log: list[Dispatch] = []
+    token = _LOG.set(log)
+    try:
+        yield log
+    finally:
+        _LOG.reset(token)
+
+
+def _implementation(op: AttentionOp, name: str) -> Implementation:
+    if name not in op.implementations:
+        raise ValueError(f"{op.name}: unknown implementation {name!r}; choose from "
+                         f"{list(op.implementations)} (or None for the best available)")
+    return op.implementations[name]
+
+
 def select(
     op: AttentionOp,
     implementation: str | Sequence[str] | None,
     *args,
     **kwargs,
-) -> Implementation:
+) -> tuple[Implementation, Any]:
     """Picks the implementation of `op` that will run `op(*args, **kwargs)`.
 
     Args:
@@ -138,6 +293,9 @@ def select(
         targets the current platform and supports the inputs), a name, or a sequence of names
         tried in order.
       *args, **kwargs: the op's arrays and static arguments, passed to `unsupported_reasons`.
+
+    Returns:
+      (the implementation, its config for these inputs or None; see `config_for`).
 
     Raises:
       ValueError: an unknown implementation name.
@@ -150,20 +308,32 @@ def select(
         candidates = [implementation]
     else:
         candidates = list(implementation)
-    unknown = [c for c in candidates if c not in op.implementations]
-    if unknown or not candidates:
-        raise ValueError(
-            f"{op.name}: unknown implementation {unknown or candidates!r}; "
-            f"choose from {list(op.implementations)} (or None for the best available)")
+    if not candidates:
+        raise ValueError(f"{op.name}: empty implementation list; choose from "
+                         f"{list(op.implementations)} (or None for the best available)")
+    impls = [_implementation(op, name) for name in candidates]
 
     reasons: list[str] = []
-    for name in candidates:
-        impl = op.implementations[name]
-        why = list(impl.unsupported_reasons(*args, **kwargs))
+    for impl in impls:
+        config = config_for(op, impl, *args, **kwargs)
+        extra = {} if impl.tunable is None else {"config": config}
+        why = list(impl.unsupported_reasons(*args, **kwargs, **extra))
         if implementation is None and platform not in impl.platforms:
             why.insert(0, f"platform is {platform}, needs {'/'.join(impl.platforms)}")
         if not why:
-            return impl
-        reasons.append(f"{name}: {'; '.join(why)}")
+            return impl, config
+        reasons.append(f"{impl.name}: {'; '.join(why)}")
     raise NoImplementationError(
         f"no implementation of {op.name!r} fits these inputs — " + " | ".join(reasons))
+
+
+def call(op: AttentionOp, implementation: str | Sequence[str] | None, *args, **kwargs):
+    """Runs `op` on the implementation `select` picks: `fn(*args, **kwargs)`, plus `config=`
+    for tunable implementations."""
+    impl, config = select(op, implementation, *args, **kwargs)
+    log = _LOG.get()
+    if log is not None:
+        log.append(Dispatch(op.name, impl.name, config))
+    if impl.tunable is None:
+        return impl.fn(*args, **kwargs)
+    return impl.fn(*args, config=config, **kwargs)

@@ -47,6 +47,10 @@ class ImageSource(Protocol):
       resolution: images are square, `[resolution, resolution, channels]`.
       channels: 1 (grey) or 3 (RGB).
       num_classes: number of label values `0 .. num_classes - 1`; 0 if unlabeled (labels 0).
+
+    A source may also define `sample_statistics(images float [n, H, H, C] in [-1, 1]) ->
+    dict[str, float]`, a cheap score of how much generated images look like its data;
+    generative objectives report it with their samples.
     """
 
     num_examples: int | None

@@ -1,6 +1,10 @@
-"""Turning a decoded PIL image of any size and mode into a square uint8 array."""
+"""Image arrays in and out: a decoded PIL image of any size and mode as a square uint8 array;
+uint8 arrays as a grid image and a PNG file."""
 
 from __future__ import annotations
+
+import math
+import pathlib
 
 import numpy as np
 from PIL import Image
@@ -37,3 +41,23 @@ def eight_bit(image: Image.Image, mode: str) -> Image.Image:
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
     return image if image.mode == mode else image.convert(mode)
+
+
+def image_grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:
+    """uint8 [n, H, W, C] -> one uint8 [rows·H, columns·W, C] image (row-major, black fill)."""
+    count, height, width, channels = images.shape
+    columns = columns or math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    grid = np.zeros((rows * height, columns * width, channels), np.uint8)
+    for index, image in enumerate(images):
+        row, column = divmod(index, columns)
+        grid[row * height:(row + 1) * height, column * width:(column + 1) * width] = image
+    return grid
+
+
+def save_png(image: np.ndarray, path: str | pathlib.Path) -> pathlib.Path:
+    """Writes uint8 [H, W, C] (C = 1 or 3) to `path`, creating folders; returns the path."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
+    return path

@@ -51,6 +51,12 @@ class ProceduralShapes:
     def __post_init__(self):
         check_geometry(self.resolution, self.channels)
 
+    @staticmethod
+    def sample_statistics(images: np.ndarray) -> dict[str, float]:
+        """How much generated images (float [n, H, H, C] in [-1, 1]) look like this data:
+        `shape_statistics`."""
+        return shape_statistics(images)
+
     def example(self, index: int) -> tuple[np.ndarray, int]:
         rng = np.random.default_rng(index)
         label = int(rng.integers(NUM_CLASSES))

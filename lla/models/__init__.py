@@ -1,1 +1,48 @@
-"""Model families (ViT, DiT, ConvSSM, LM), each exporting `Model` and presets."""
+"""Model families by name: each is a module `lla.models.<family>` that exports `Model` (a
+linen module class) and `PRESETS` (named size presets, dicts of `Model` fields).
+
+    lla.models.names()                                   # ('dit',)
+    family = lla.models.get("dit")                       # the module
+    model = lla.models.build("dit", preset="S", resolution=256, attention="llsa")
+
+The training loop builds models through `build` from `config.model`; it never imports a
+family module itself. A new family is a new module here: nothing else to edit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import types
+
+import flax.linen as nn
+
+
+def names() -> tuple[str, ...]:
+    """The model families: modules of this package that export `Model` and `PRESETS`."""
+    found = []
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        if hasattr(module, "Model") and hasattr(module, "PRESETS"):
+            found.append(info.name)
+    return tuple(sorted(found))
+
+
+def get(name: str) -> types.ModuleType:
+    """The family module `name`; the error lists the families there are."""
+    if name not in names():
+        raise ValueError(f"unknown model family {name!r}; families: {', '.join(names())}")
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def build(name: str, preset: str | None = None, **fields) -> nn.Module:
+    """`Model(**PRESETS[preset], **fields)` of family `name` (fields override the preset).
+
+    Raises:
+      ValueError: an unknown family or preset (naming the known ones).
+    """
+    family = get(name)
+    if preset is not None and preset not in family.PRESETS:
+        raise ValueError(f"{name}: unknown preset {preset!r}; presets: "
+                         f"{', '.join(family.PRESETS)}")
+    return family.Model(**{**(family.PRESETS[preset] if preset else {}), **fields})

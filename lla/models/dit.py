@@ -1,12 +1,13 @@
 """Diffusion transformer (DiT) on pixels or patches, with any registered attention.
 
-    model = DiT(resolution=256, **PRESETS["S"], attention="llsa")
+    model = Model(resolution=256, **PRESETS["S"], attention="llsa")
     velocity = model.apply(params, images, timesteps, labels)   # [B, H, W, C] each
 
 Per `papers/llsa.md` §3.1: patchify (patch size 1 = one token per pixel) and a linear
-projection; tokens permuted to Z-order once at the input and back once at the output, so
-consecutive tokens are spatially close (what LLSA's pooling needs) and no layer permutes
-(ops on token grids, such as "neighborhood", get raster order and `spatial_shape` instead);
+projection; tokens permuted once at the input and back once at the output into the order the
+attention op asks for (`lla.attention.token_order`: Z-order for hierarchical ops such as
+LLSA, so consecutive tokens are spatially close; raster order plus `spatial_shape` for ops
+on token grids such as "neighborhood"), so no layer permutes;
 blocks of adaLN-Zero self-attention (q, k, v, out with bias; per-head RMS qk-norm; 2-D RoPE,
 half of each head's dims per axis, positions permuted with the tokens) and a GELU-tanh MLP;
 a final adaLN-modulated, zero-initialised projection. Timesteps (and optional class labels,
@@ -24,8 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import lla.attention
-from lla.attention import layouts
+from lla.attention import token_order
 from lla.layers.adaln import AdaLNModulation, layer_norm, modulate
 from lla.layers.attention import Attention
 from lla.layers.embeddings import LabelEmbedder, TimestepEmbedder
@@ -85,11 +85,8 @@ class DiT(nn.Module):
       num_classes: 0 for unconditional, else labels in [0, num_classes) are required
         (num_classes itself is the "no label" id for guidance).
       label_dropout: probability of dropping a label in training (rng "label_dropout").
-      attention, attention_kwargs: a registered op name and its static keyword arguments.
-        An op on token grids (non-empty `capabilities.spatial_dims`, e.g. "neighborhood")
-        gets tokens in raster order and `spatial_shape=(H / p, W / p)`.
-      zorder: feed tokens in Z-order (needed by hierarchical ops such as LLSA); ignored for
-        ops on token grids.
+      attention, attention_kwargs: a registered op name and its static keyword arguments;
+        the token order and spatial arguments come from the op (`token_order.for_op`).
       dtype: compute dtype (parameters stay float32).
     """
 
@@ -104,51 +101,44 @@ class DiT(nn.Module):
     label_dropout: float = 0.1
     attention: str = "dense"
     attention_kwargs: Mapping[str, Any] | None = None
-    zorder: bool = True
     rope_theta: float = 10000.0
     dtype: jnp.dtype = jnp.float32
 
-    def on_grid(self) -> bool:
-        """Whether the attention op takes a 2-D token grid (raster order, spatial_shape)."""
-        dims = lla.attention.get(self.attention).capabilities.spatial_dims
-        if dims and 2 not in dims:
-            raise ValueError(f"DiT: attention {self.attention!r} takes {dims}-D token grids, "
-                             f"not 2-D images")
-        return bool(dims)
+    @property
+    def grid(self) -> int:
+        """Tokens per image side, H / p."""
+        return self.resolution // self.patch_size
 
-    def token_order(self) -> np.ndarray:
-        """Raster index of the patch fed at each position ([N] int32)."""
-        grid = self.resolution // self.patch_size
-        if self.zorder and not self.on_grid():
-            return layouts.zorder_2d(grid, grid)
-        return np.arange(grid * grid)
+    @property
+    def tokens_per_example(self) -> int:
+        return self.grid ** 2
+
+    def token_order(self) -> token_order.TokenOrder:
+        """How the (H / p) x (W / p) tokens are fed to the attention op."""
+        return token_order.for_op(self.attention, (self.grid, self.grid))
 
     def op_kwargs(self) -> dict[str, Any]:
-        """The attention op's keyword arguments, with spatial_shape for ops on grids."""
-        kwargs = dict(self.attention_kwargs or {})
-        if self.on_grid():
-            grid = self.resolution // self.patch_size
-            kwargs.setdefault("spatial_shape", (grid, grid))
-        return kwargs
+        """The attention op's keyword arguments, spatial ones from the token order."""
+        return self.token_order().op_arguments(self.attention_kwargs)
 
     @nn.compact
     def __call__(self, images: jax.Array, timesteps: jax.Array,
                  labels: jax.Array | None = None, *, train: bool = False) -> jax.Array:
         self._check(images, timesteps, labels)
-        grid = self.resolution // self.patch_size
         order = self.token_order()
-        positions = np.stack([order // grid, order % grid], axis=-1).astype(np.float64)
-        rope = rope_2d(positions, self.width // self.num_heads, self.rope_theta)
+        rope = rope_2d(order.positions.astype(np.float64), self.width // self.num_heads,
+                       self.rope_theta)
 
-        tokens = layouts.permute_tokens(patchify(images, self.patch_size), order)
+        tokens = order.to_op(patchify(images, self.patch_size))
         x = nn.Dense(self.width, dtype=self.dtype, name="embed")(tokens.astype(self.dtype))
         condition = TimestepEmbedder(self.width, dtype=self.dtype, name="timesteps")(timesteps)
         if self.num_classes:
             condition = condition + LabelEmbedder(
                 self.num_classes, self.width, self.label_dropout, dtype=self.dtype,
                 name="labels")(labels, train=train)
+        op_kwargs = order.op_arguments(self.attention_kwargs)
         for index in range(self.depth):
-            x = DiTBlock(self.width, self.num_heads, self.attention, self.op_kwargs(),
+            x = DiTBlock(self.width, self.num_heads, self.attention, op_kwargs,
                          self.mlp_ratio, dtype=self.dtype, name=f"block{index}")(
                 x, condition, rope)
         shift, scale = AdaLNModulation(self.width, 2, dtype=self.dtype,
@@ -156,8 +146,8 @@ class DiT(nn.Module):
         x = modulate(layer_norm(x), shift, scale)
         x = nn.Dense(self.patch_size ** 2 * self.channels, dtype=self.dtype, name="head",
                      kernel_init=nn.initializers.zeros)(x)
-        x = layouts.permute_tokens(x, layouts.inverse(order))
-        return unpatchify(x, self.patch_size, grid, self.channels).astype(jnp.float32)
+        x = order.from_op(x)
+        return unpatchify(x, self.patch_size, self.grid, self.channels).astype(jnp.float32)
 
     def _check(self, images, timesteps, labels) -> None:
         expected = (self.resolution, self.resolution, self.channels)
@@ -173,3 +163,6 @@ class DiT(nn.Module):
         if self.num_classes and (labels is None or tuple(labels.shape) != images.shape[:1]):
             raise ValueError(f"DiT: a class-conditional model (num_classes="
                              f"{self.num_classes}) needs labels of shape ({images.shape[0]},)")
+
+
+Model = DiT

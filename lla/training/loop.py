@@ -1,6 +1,7 @@
-"""The training loop behind `python -m experiments.train`: data, DiT, flow matching, AdamW +
-EMA, data parallelism over all devices, Orbax checkpoints with automatic resume, metrics,
-progress bar and periodic sample grids.
+"""The training loop behind `python -m experiments.train`, the same for every model family:
+the config names the data, the objective and the model (`Experiment`); AdamW + EMA, data
+parallelism over all devices, Orbax checkpoints with automatic resume, metrics, a progress bar
+and the objective's periodic evaluation (sample grids for generative models).
 
 Resuming: the latest checkpoint in `<workdir>/checkpoints` restores the train state and the
 data position (the batch of global step s is a pure function of (seed, s)), and every
@@ -15,38 +16,15 @@ import pathlib
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from tqdm import tqdm
 
 from lla import data
-from lla.diffusion import flow_matching
-from lla.models.dit import PRESETS, DiT
-from lla.training import optim, samples, sharding
-from lla.training import state as train_state
+from lla.data.imaging import save_png
+from lla.training import sharding
 from lla.training.checkpoint import Checkpointer
+from lla.training.experiment import Experiment
 from lla.training.metrics import MetricWriter
-from lla.training.step import make_train_step
-
-
-def build_model(config: ml_collections.ConfigDict, source) -> DiT:
-    """The DiT described by `config.model` for images of `source`."""
-    model = config.model
-    return DiT(resolution=config.resolution, channels=source.channels,
-               patch_size=model.patch_size,
-               num_classes=source.num_classes if model.class_conditional else 0,
-               label_dropout=model.label_dropout, attention=model.attention,
-               attention_kwargs=dict(model.attention_kwargs),
-               dtype=jnp.dtype(model.dtype), **PRESETS[model.preset])
-
-
-def initial_state(model: DiT, optimizer, config, mesh):
-    """Step-0 train state, replicated over the mesh."""
-    images = jnp.zeros((1, model.resolution, model.resolution, model.channels))
-    labels = jnp.zeros((1,), jnp.int32) if model.num_classes else None
-    params = jax.jit(model.init)(jax.random.key(config.seed), images, jnp.zeros((1,)), labels)
-    return sharding.replicate(train_state.create(params, optimizer), mesh)
 
 
 def _save_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
@@ -73,12 +51,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
     if config.batch_size % mesh.size:
         raise ValueError(f"batch_size {config.batch_size} must be a multiple of the "
                          f"{mesh.size} devices")
-    source = data.get_source(config.data.name, resolution=config.resolution,
-                             **dict(config.data.kwargs))
-    model = build_model(config, source)
-    optimizer = optim.make_optimizer(**dict(config.optimizer))
-    scale = config.noise_scale or flow_matching.noise_scale(config.resolution)
-    state = initial_state(model, optimizer, config, mesh)
+    experiment = Experiment.from_config(config)
+    state = experiment.initial_state(mesh)
 
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
     start = checkpointer.latest_step() or 0
@@ -89,22 +63,18 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
     if is_chief:
         _save_config(config, workdir)
     writer = MetricWriter(workdir, enabled=is_chief)
-    step_fn = jax.jit(make_train_step(model, optimizer, scale=scale, seed=config.seed,
-                                      ema=dict(config.ema)), donate_argnums=0)
-    sampler = samples.make_sampler(model, count=config.sampling.count, scale=scale,
-                                   steps=config.sampling.steps,
-                                   guidance_scale=config.sampling.guidance_scale)
-    batches = data.batches(source, batch_size=config.batch_size, seed=config.seed,
+    step_fn = jax.jit(experiment.train_step(), donate_argnums=0)
+    evaluate = experiment.objective.evaluator(experiment.model, experiment.source)
+    batches = data.batches(experiment.source, batch_size=config.batch_size, seed=config.seed,
                            start_step=start, process_index=jax.process_index(),
                            process_count=jax.process_count())
-    tokens_per_step = config.batch_size * (config.resolution // config.model.patch_size) ** 2
 
     progress = tqdm(total=config.total_steps, initial=start, disable=not is_chief,
                     desc="train", unit="step", dynamic_ncols=True)
     try:
         state = _run(state, range(start + 1, config.total_steps + 1), step_fn, batches, mesh,
-                     config, workdir, checkpointer, writer, sampler, progress,
-                     tokens_per_step)
+                     config, workdir, checkpointer, writer, evaluate, progress,
+                     experiment.tokens_per_step())
     finally:
         progress.close()
         checkpointer.wait()
@@ -113,7 +83,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
     return state
 
 
-def _run(state, steps, step_fn, batches, mesh, config, workdir, checkpointer, writer, sampler,
+def _run(state, steps, step_fn, batches, mesh, config, workdir, checkpointer, writer, evaluate,
          progress, tokens_per_step):
     last_time, last_step = time.perf_counter(), steps.start - 1
     for step in steps:
@@ -131,20 +101,20 @@ def _run(state, steps, step_fn, batches, mesh, config, workdir, checkpointer, wr
                                  tokens_s=f"{metrics['tokens_per_s']:.3g}")
         if step % config.checkpoint_every == 0 or step == config.total_steps:
             checkpointer.save(step, state, {"data_step": step})
-        if config.sample_every and (step % config.sample_every == 0
-                                    or step == config.total_steps):
-            _write_samples(sampler, state, step, config, workdir, writer)
+        if evaluate and config.eval_every and (step % config.eval_every == 0
+                                               or step == config.total_steps):
+            _evaluate(evaluate, state, step, config, workdir, writer)
     return state
 
 
-def _write_samples(sampler, state, step, config, workdir, writer) -> None:
-    """EMA-weight samples -> `<workdir>/samples/step_<step>.png` and their statistics."""
-    images = np.asarray(sampler(state.ema_params, jax.random.key(config.seed + 1)))
+def _evaluate(evaluate, state, step, config, workdir, writer) -> None:
+    """The objective's evaluation on the EMA weights: images to
+    `<workdir>/<name>/step_<step>.png` and TensorBoard, scalars to the metrics."""
+    scalars, images = evaluate(state.ema_params, jax.random.key(config.seed + 1))
     if jax.process_index() != 0:
         return
-    grid = samples.image_grid(images)
-    samples.save_png(grid, workdir / "samples" / f"step_{step:07d}.png")
-    writer.write_image(step, "samples", grid)
-    if config.data.name == "procedural":
-        statistics = data.shape_statistics(images.astype(np.float32) / 127.5 - 1.0)
-        writer.write(step, {f"samples/{name}": value for name, value in statistics.items()})
+    for name, image in images.items():
+        save_png(image, workdir / name / f"step_{step:07d}.png")
+        writer.write_image(step, name, image)
+    if scalars:
+        writer.write(step, dict(scalars))

@@ -3,8 +3,13 @@
 Subclass `AttentionOpTestBase` once per (op, implementation) and set:
   op_name          registered name, e.g. "dense"
   implementation   passed as `implementation=` (None = dispatch's choice)
-  op_kwargs        extra static keyword arguments for the op (block sizes, interpret, ...)
+  op_kwargs        static keyword arguments for the op (default: its `example_kwargs`)
+  tuning           `lla.attention.tuning` fields for the implementation (small tiles, ...)
   shapes           (B, Nq, Nk, H, Hkv, D) cases; odd and non-power-of-two sizes by default
+  boundary_shape   a case on which the implementation's config (default or `tuning`) runs
+                   several chunks / tiles along its loops, the last ones partial where the
+                   op allows; `crossed_boundaries` names what it crosses, and every name
+                   must hold. Required: a new implementation has to say how it is covered.
   dtypes           dtypes the implementation takes (low precision compared at looser bounds)
 and override `reference(q, k, v, **kwargs)`: the oracle, computed in float32 at
 Precision.HIGHEST. Feature tests (causal, segment_ids, GQA, backward) follow the op's
@@ -58,12 +63,14 @@ def segment_ids_for(batch: int, tokens: int, segments: int = 3, seed: int = 1) -
 class AttentionOpTestBase:
     op_name: str = ""
     implementation: str | None = None
-    op_kwargs: dict = {}  # noqa: RUF012 - read-only class configuration
+    op_kwargs: dict | None = None  # None: the op's example_kwargs
+    tuning: dict = {}  # noqa: RUF012 - read-only class configuration
     shapes = (
         (2, 77, 77, 3, 3, 24),
         (1, 130, 130, 2, 2, 32),
         (1, 64, 96, 4, 2, 16),
     )
+    boundary_shape: tuple | None = None
     dtypes = (jnp.float32, jnp.bfloat16)
     deterministic_backward = True  # False only for vendor kernels that reduce with atomics
 
@@ -72,9 +79,24 @@ class AttentionOpTestBase:
         """The oracle for `op(q, k, v, **kwargs)`; inputs arrive as float32."""
         raise NotImplementedError
 
+    def crossed_boundaries(self, config, shape) -> dict[str, bool]:
+        """{what: whether `boundary_shape` crosses it} for the implementation's `config`
+        (None for implementations without tuning knobs), e.g. {"several key chunks":
+        N > config.chunk_k}."""
+        return {}
+
+    @property
+    def kwargs(self) -> dict:
+        """The op's keyword arguments in every test (besides the test's own)."""
+        op = attention.get(self.op_name)
+        return dict(op.example_kwargs if self.op_kwargs is None else self.op_kwargs)
+
     def call(self, q, k, v, **kwargs):
-        return attention.get(self.op_name)(q, k, v, implementation=self.implementation,
-                                           **self.op_kwargs, **kwargs)
+        op = attention.get(self.op_name)
+        if not self.tuning:
+            return op(q, k, v, implementation=self.implementation, **self.kwargs, **kwargs)
+        with attention.tuning(self.op_name, self.implementation, **self.tuning):
+            return op(q, k, v, implementation=self.implementation, **self.kwargs, **kwargs)
 
     # ---- helpers -----------------------------------------------------------------------
     @property
@@ -135,6 +157,19 @@ class AttentionOpTestBase:
         if shape[4] != shape[3] and not self.capabilities.gqa:
             pytest.skip(f"{self.op_name} has no GQA")
         self.check_forward_and_vjp(shape)
+
+    def test_crosses_chunk_and_tile_boundaries(self):
+        assert self.boundary_shape is not None, (
+            f"{type(self).__name__}: set boundary_shape to a case that crosses the chunk and "
+            f"tile boundaries of {self.implementation or 'the dispatched implementation'}")
+        q, k, v = random_qkv(self.boundary_shape, self.dtype)
+        with attention.dispatch_log() as log:
+            jax.eval_shape(self.call, q, k, v)
+        crossed = self.crossed_boundaries(log[-1].config, self.boundary_shape)
+        assert all(crossed.values()), f"boundary_shape does not cross: {crossed}"
+        self.check_forward_and_vjp(self.boundary_shape, self.dtype)
+        if self.capabilities.causal and self.boundary_shape[1] == self.boundary_shape[2]:
+            self.check_forward_and_vjp(self.boundary_shape, self.dtype, causal=True)
 
     def test_low_precision(self):
         low = [d for d in self.dtypes if d != jnp.float32]

@@ -37,3 +37,28 @@ def test_rotation_preserves_norm_and_identity_at_origin():
 def test_rejects_head_dim_not_divisible_by_four():
     with pytest.raises(ValueError, match="divisible by 4"):
         rope_2d(np.zeros((2, 2)), 6)
+
+
+def test_each_half_of_a_head_rotates_with_its_own_axis():
+    """Written out per pair: pair i of the first D/4 pairs turns by y·θ^(-i/(D/4)), pair
+    D/4 + i by x·θ^(-i/(D/4)) (interleaved (even, odd) pairs). A bug that rotated both halves
+    by the same axis would keep relative-position invariance but fail here."""
+    head_dim, theta = 16, 10000.0
+    quarter = head_dim // 4
+    positions = np.array([(0, 0), (3, 0), (0, 5), (2, 7)], np.float64)  # (y, x)
+    x = np.asarray(jax.random.normal(jax.random.key(3), (1, 4, 2, head_dim)), np.float64)
+    cos, sin = rope_2d(positions, head_dim, theta)
+    got = np.asarray(apply_rope(jax.numpy.asarray(x, np.float32), cos, sin))
+    frequency = theta ** (-np.arange(quarter) / quarter)
+    expected = np.empty_like(x)
+    for token, (y, x_pos) in enumerate(positions):
+        angles = np.concatenate([y * frequency, x_pos * frequency])  # [D / 2] pairs
+        even, odd = x[0, token, :, 0::2], x[0, token, :, 1::2]
+        expected[0, token, :, 0::2] = even * np.cos(angles) - odd * np.sin(angles)
+        expected[0, token, :, 1::2] = even * np.sin(angles) + odd * np.cos(angles)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # Moving along x only leaves the first half of every head untouched, and vice versa.
+    np.testing.assert_allclose(got[0, 2, :, :head_dim // 2], x[0, 2, :, :head_dim // 2],
+                               rtol=1e-6)
+    np.testing.assert_allclose(got[0, 1, :, head_dim // 2:], x[0, 1, :, head_dim // 2:],
+                               rtol=1e-6)

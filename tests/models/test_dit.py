@@ -1,4 +1,5 @@
-"""DiT: shapes, parameter counts, adaLN-Zero start, Z-order invariance, every attention."""
+"""DiT: shapes, parameter counts, adaLN-Zero start, token orders from the op, every registered
+attention inside the model."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import numpy as np
 import pytest
 
 import lla.attention as attention
+from lla import models
 from lla.models.dit import PRESETS, DiT, patchify, unpatchify
+from tests.attention.toy import TOY_HIERARCHY, TOY_SEQUENCE
 
 
 @pytest.fixture(autouse=True)
@@ -87,32 +90,47 @@ def test_class_conditioning_and_label_dropout():
         model.apply(params, images, timesteps)
 
 
-def test_zorder_is_invisible_with_dense_attention():
-    """Dense attention is order-independent and RoPE positions move with the tokens, so the
-    Z-order permutation must not change the output."""
-    z_model = DiT(resolution=8, **PRESETS["tiny"])
-    raster = DiT(resolution=8, zorder=False, **PRESETS["tiny"])
-    params, images, timesteps, _ = init(z_model)
+def test_hierarchy_order_is_invisible_when_the_op_is_dense():
+    """A registered toy op that computes dense attention but asks for the hierarchy order:
+    the DiT feeds it Z-order tokens, with RoPE positions moved with them, and must give the
+    dense DiT's output (attention is permutation-equivariant)."""
+    hierarchy = DiT(resolution=8, attention=TOY_HIERARCHY, **PRESETS["tiny"])
+    raster = DiT(resolution=8, **PRESETS["tiny"])
+    assert hierarchy.token_order().permutation is not None
+    assert raster.token_order().permutation is None
+    params, images, timesteps, _ = init(raster)
     params = perturbed(params)
-    np.testing.assert_allclose(z_model.apply(params, images, timesteps),
+    np.testing.assert_allclose(hierarchy.apply(params, images, timesteps),
                                raster.apply(params, images, timesteps), rtol=2e-5, atol=2e-6)
 
 
-NON_CAUSAL_KWARGS = {"dense": {}, "llsa": dict(block_size=4, topk=2),
-                     "neighborhood": dict(kernel_size=3)}
-
-
-@pytest.mark.parametrize("name", attention.names())
-def test_every_non_causal_attention_runs_inside_the_dit(name):
+def run_inside_the_dit(name: str) -> jax.Array:
+    """The op `name` with its `example_kwargs` inside a tiny DiT on 8 x 8 images."""
     op = attention.get(name)
-    if op.capabilities.spatial_dims and 2 not in op.capabilities.spatial_dims:
-        pytest.skip(f"{name} does not take 2-D token grids")
-    assert name in NON_CAUSAL_KWARGS, f"add test kwargs for the new op {name!r}"
-    model = DiT(resolution=8, attention=name, attention_kwargs=NON_CAUSAL_KWARGS[name],
+    model = DiT(resolution=8, attention=name, attention_kwargs=op.example_kwargs,
                 **PRESETS["tiny"])
     params, images, timesteps, _ = init(model)
     out = model.apply(perturbed(params), images, timesteps)
     assert out.shape == images.shape and bool(jnp.isfinite(out).all())
+    return out
+
+
+@pytest.mark.parametrize("name", attention.names())
+def test_every_registered_attention_runs_inside_the_dit(name):
+    if 2 not in attention.get(name).capabilities.spatial_dims:
+        pytest.skip(f"{name} does not take 2-D token grids")
+    run_inside_the_dit(name)
+
+
+def test_models_are_found_by_name():
+    assert "dit" in models.names()
+    assert models.get("dit").Model is DiT and models.get("dit").PRESETS is PRESETS
+    model = models.build("dit", preset="S", resolution=16, depth=1)
+    assert (model.width, model.depth, model.resolution) == (384, 1, 16)
+    with pytest.raises(ValueError, match=r"unknown model family 'vit2'; families: .*dit"):
+        models.get("vit2")
+    with pytest.raises(ValueError, match="unknown preset 'XL'; presets: tiny, S, B"):
+        models.build("dit", preset="XL", resolution=16)
 
 
 def test_grid_ops_get_raster_tokens_and_spatial_shape():
@@ -121,8 +139,8 @@ def test_grid_ops_get_raster_tokens_and_spatial_shape():
     dense = DiT(resolution=8, patch_size=2, **PRESETS["tiny"])
     grid_op = DiT(resolution=8, patch_size=2, attention="neighborhood",
                   attention_kwargs=dict(kernel_size=4), **PRESETS["tiny"])
-    assert grid_op.op_kwargs()["spatial_shape"] == (4, 4)
-    np.testing.assert_array_equal(grid_op.token_order(), np.arange(16))
+    assert grid_op.op_kwargs() == {"kernel_size": 4, "spatial_shape": (4, 4)}
+    assert grid_op.token_order().permutation is None
     params, images, timesteps, _ = init(dense)
     params = perturbed(params)
     np.testing.assert_allclose(grid_op.apply(params, images, timesteps),
@@ -138,3 +156,10 @@ def test_rejects_wrong_image_shape():
     params, images, timesteps, _ = init(model)
     with pytest.raises(ValueError, match=r"expected \[B, 8, 8, 3\]"):
         model.apply(params, images[:, :4], timesteps)
+
+
+def test_rejects_ops_that_do_not_take_images():
+    model = DiT(resolution=8, attention=TOY_SEQUENCE, **PRESETS["tiny"])
+    with pytest.raises(ValueError, match=f"'{TOY_SEQUENCE}' takes 1-D token grids, not the "
+                                         "2-D grid"):
+        init(model)

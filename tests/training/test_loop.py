@@ -15,10 +15,9 @@ import pytest
 
 from configs import llsa_pixel
 from lla import data
-from lla.diffusion import flow_matching
-from lla.training import loop, optim
-from lla.training import state as train_state
-from lla.training.step import make_train_step
+from lla.objectives import flow_matching
+from lla.training import loop
+from lla.training.experiment import Experiment
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -29,9 +28,9 @@ def small_config(**overrides):
     config.batch_size = 4
     config.log_every = 1
     config.checkpoint_every = 3
-    config.sample_every = 0
-    config.sampling.count = 4
-    config.sampling.steps = 2
+    config.eval_every = 0
+    config.objective.sample_count = 4
+    config.objective.sample_steps = 2
     config.model.attention_kwargs.topk = 2
     for key, value in overrides.items():
         config[key] = value
@@ -41,14 +40,12 @@ def small_config(**overrides):
 def test_one_step_lowers_the_loss_on_a_fixed_batch():
     config = small_config()
     config.optimizer.warmup_steps = 0
-    source = data.get_source("procedural", resolution=32)
-    model = loop.build_model(config, source)
-    optimizer = optim.make_optimizer(**dict(config.optimizer))
-    params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros((1,)))
-    state = train_state.create(params, optimizer)
+    experiment = Experiment.from_config(config)
+    model, source = experiment.model, experiment.source
+    state = experiment.initial_state(loop.sharding.data_mesh())
     batch = {key: jnp.asarray(value) for key, value in
              next(data.batches(source, batch_size=8, seed=0)).items()}
-    step = jax.jit(make_train_step(model, optimizer, scale=1.0, seed=0))
+    step = jax.jit(experiment.train_step())
 
     def loss(params):
         def apply(x, t, labels):
@@ -96,7 +93,7 @@ def test_killed_and_resumed_run_matches_uninterrupted_bit_for_bit(tmp_path, monk
 
 
 def test_workdir_holds_metrics_samples_tensorboard_and_config_and_sample_reads_it(tmp_path):
-    config = small_config(total_steps=2, sample_every=2)
+    config = small_config(total_steps=2, eval_every=2)
     loop.train(config, tmp_path)
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [line for line in lines if "loss" in line]

@@ -66,9 +66,15 @@ class Config(Hierarchy):
         return plt.CompilerParams(num_warps=self.num_warps, num_stages=self.num_stages)
 
 
+# The fields of `Config` that `lla.attention.tuning("llsa", "pallas_gpu", ...)` may set.
+TUNABLE_FIELDS = ("pick_chunk", "query_blocks", "fine_chunk", "coarse_tile", "dkv_rows",
+                  "coarse_splits", "num_warps", "num_stages")
+
+
 def make_config(block_size, topk, levels, heads, kv_heads, tokens, head_dim, *,
                 interpret=False, **overrides) -> Config:
-    """Default tiling (tuned on an H200 at [1, 65536, 6, 64], experiments/tune_llsa.py):
+    """Default tiling (tuned on an H200 at [1, 65536, 6, 64]; tune_llsa_*.json in
+    experiments/results/nvidia_h200/, from the per-op script experiments/tune.py replaced):
     query tiles of 4 blocks, each fine tile holding one pick of each block; up to 4 picks
     (64 keys at B=16) per intermediate tile; up to 64 keys per coarsest tile; up to 64
     query rows per dK/dV step; coarsest-level query splits for about 1024 programs per batch
@@ -85,11 +91,29 @@ def make_config(block_size, topk, levels, heads, kv_heads, tokens, head_dim, *,
                     coarse_tile=coarse_tile, dkv_rows=rows, coarse_splits=splits,
                     interpret=interpret)
     config = dataclasses.replace(config, **overrides)
-    if (block_size % config.query_blocks or topk % config.fine_chunk
-            or topk % config.pick_chunk):
-        raise ValueError(f"llsa kernels: query_blocks must divide block_size and fine_chunk "
-                         f"and pick_chunk must divide topk; got {config}")
+    check_tiling(config)
     return config
+
+
+def check_tiling(config: Config) -> None:
+    """Raises ValueError, naming the fields, unless the tiling divides the shapes."""
+    problems = []
+    if config.block_size % config.query_blocks:
+        problems.append(f"query_blocks {config.query_blocks} must divide block_size "
+                        f"{config.block_size}")
+    for name in ("fine_chunk", "pick_chunk"):
+        if config.topk % getattr(config, name):
+            problems.append(f"{name} {getattr(config, name)} must divide topk {config.topk}")
+    if config.level_tokens(config.levels) % config.coarse_tile:
+        problems.append(f"coarse_tile {config.coarse_tile} must divide the "
+                        f"{config.level_tokens(config.levels)} coarsest-level tokens")
+    if config.tokens % config.coarse_splits or (
+            config.tokens // config.coarse_splits) % config.dkv_rows:
+        problems.append(f"coarse_splits {config.coarse_splits} must divide N = "
+                        f"{config.tokens} and dkv_rows {config.dkv_rows} must divide "
+                        f"N / coarse_splits")
+    if problems:
+        raise ValueError("llsa kernels: " + "; ".join(problems))
 
 
 def unsupported_reasons(config: Config) -> list[str]:

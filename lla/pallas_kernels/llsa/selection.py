@@ -3,7 +3,7 @@
 For level l < L, every level-l query token i keeps the top-K of the K·B children of its
 parent's picks, {j·B + c : j in picks[l + 1][i // B], c < B}, ranked by q·k (no scale), ties
 to the lower token index, returned ascending — the same contract as
-`lla.attention.llsa_hierarchy.select`, whose XLA version gathers the candidates into memory.
+`lla.attention.llsa.hierarchy.select`, whose XLA version gathers the candidates into memory.
 Here one program scores the B query tokens of one parent against its K·B candidates in
 registers, picks K times the lowest-index maximum, then emits the picks in ascending order.
 

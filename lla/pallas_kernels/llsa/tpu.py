@@ -56,13 +56,36 @@ class Config(Hierarchy):
         return pltpu.InterpretParams(uninitialized_memory="nan") if self.interpret else False
 
 
+# The fields of `Config` that `lla.attention.tuning("llsa", "pallas_tpu", ...)` may set.
+TUNABLE_FIELDS = ("coarse_tile", "query_chunk")
+
+
 def make_config(block_size, topk, levels, heads, kv_heads, tokens, head_dim, *,
                 interpret=False) -> Config:
+    """Default (untuned) tiling: up to 128 coarsest keys per step, up to 256 query rows per
+    step of the coarsest dK/dV kernel."""
     coarsest = tokens // block_size ** levels
     return Config(block_size=block_size, topk=topk, levels=levels, heads=heads,
                   kv_heads=kv_heads, tokens=tokens, head_dim=head_dim,
                   coarse_tile=largest_divisor_at_most(coarsest, 128),
                   query_chunk=largest_divisor_at_most(tokens, 256), interpret=interpret)
+
+
+def unsupported_reasons(config: Config) -> list[str]:
+    """Why the compiled (non-interpret) kernels cannot run this configuration."""
+    if config.block_size % 8 or config.coarse_tile % 8:
+        return [f"block_size {config.block_size} and the coarsest tile {config.coarse_tile} "
+                f"must be multiples of 8"]
+    return []
+
+
+def check_tiling(config: Config) -> None:
+    """Raises ValueError, naming the fields, unless the tiling divides the shapes."""
+    coarsest = config.level_tokens(config.levels)
+    if coarsest % config.coarse_tile or config.tokens % config.query_chunk:
+        raise ValueError(f"llsa TPU kernels: coarse_tile {config.coarse_tile} must divide the "
+                         f"{coarsest} coarsest-level tokens and query_chunk "
+                         f"{config.query_chunk} must divide N = {config.tokens}")
 
 
 def _source_specs(config: Config):

@@ -16,6 +16,7 @@ benchmarks cover.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -26,16 +27,26 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
 from lla.pallas_kernels import online_softmax
-from lla.pallas_kernels.neighborhood.tiling import Plan, TileLists
+from lla.pallas_kernels.neighborhood.tiling import Plan, TileLists, Tiles
 from lla.pallas_kernels.online_softmax import LOG2E
 
-# Triton launch parameters per kernel (experiments/tune_neighborhood.py, H200, 256 x 256).
-LAUNCH = {"forward": dict(num_warps=4, num_stages=2), "dq": dict(num_warps=4, num_stages=2),
-          "dkv": dict(num_warps=4, num_stages=1)}
+
+@dataclasses.dataclass(frozen=True)
+class Config(Tiles):
+    """Tiles and Triton launch parameters of one call (defaults tuned on an H200 at 256 x 256;
+    `tuning("neighborhood", "pallas_gpu", ...)` overrides them)."""
+
+    num_warps: int = 4  # every kernel
+    num_stages: int = 2  # forward and dQ
+    dkv_num_stages: int = 1  # dK/dV
+
+    def compiler_params(self, kernel: str):
+        stages = self.dkv_num_stages if kernel == "dkv" else self.num_stages
+        return plt.CompilerParams(num_warps=self.num_warps, num_stages=stages)
 
 
-def _params(kernel: str, launch: dict | None):
-    return plt.CompilerParams(**{**LAUNCH[kernel], **(launch or {})})
+# The fields of `Config` that `tuning` may set.
+TUNABLE_FIELDS = ("q_tile", "kv_tile", "num_warps", "num_stages", "dkv_num_stages")
 
 
 def _log2_logits(q, keys, plan: Plan):
@@ -104,8 +115,7 @@ def _forward_kernel(entries_ref, counts_ref, q_ref, k_ref, v_ref, out_ref, lse_r
     lse_ref[...] = lse
 
 
-def forward(q, k, v, plan: Plan, interpret: bool = False,
-            launch: dict | None = None):
+def forward(q, k, v, plan: Plan, config: Config):
     """(out [Bt, G, Mq, H, D] in q's dtype, lse f32 [Bt, H, G, Mq] natural log)."""
     batch, groups, mq, heads, _ = q.shape
     lists = plan.kv_lists()
@@ -117,8 +127,8 @@ def forward(q, k, v, plan: Plan, interpret: bool = False,
         out_specs=[specs.q_tile, specs.row_tile],
         out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
                    jax.ShapeDtypeStruct((batch, heads, groups, mq), jnp.float32)],
-        compiler_params=_params("forward", launch),
-        interpret=interpret,
+        compiler_params=config.compiler_params("forward"),
+        interpret=config.interpret,
         name="neighborhood_forward",
     )(lists.tiles, lists.counts, q, k, v)
 
@@ -145,8 +155,7 @@ def _dq_kernel(entries_ref, counts_ref, q_ref, d_out_ref, lse_ref, delta_ref, k_
     dq_ref[...] = (dq * plan.scale).astype(dq_ref.dtype)
 
 
-def backward_dq(q, k, v, d_out, lse, delta, plan: Plan, interpret: bool = False,
-                launch: dict | None = None):
+def backward_dq(q, k, v, d_out, lse, delta, plan: Plan, config: Config):
     """dQ [Bt, G, Mq, H, D] in q's dtype; delta = rowsum(out * d_out) like lse."""
     batch, groups, mq, heads, _ = q.shape
     lists = plan.kv_lists()
@@ -158,8 +167,8 @@ def backward_dq(q, k, v, d_out, lse, delta, plan: Plan, interpret: bool = False,
                   specs.row_tile, specs.kv_all, specs.kv_all],
         out_specs=specs.q_tile,
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-        compiler_params=_params("dq", launch),
-        interpret=interpret,
+        compiler_params=config.compiler_params("dq"),
+        interpret=config.interpret,
         name="neighborhood_backward_dq",
     )(lists.tiles, lists.counts, q, d_out, lse, delta, k, v)
 
@@ -189,8 +198,7 @@ def _dkv_kernel(entries_ref, counts_ref, q_ref, d_out_ref, lse_ref, delta_ref, k
     dv_ref[...] = dv
 
 
-def backward_dkv(q, k, v, d_out, lse, delta, plan: Plan, interpret: bool = False,
-                 launch: dict | None = None):
+def backward_dkv(q, k, v, d_out, lse, delta, plan: Plan, config: Config):
     """dK, dV float32 [Bt, G, Mkv, H, D], per query head."""
     batch, groups, _, heads, dim = q.shape
     mkv = k.shape[2]
@@ -203,7 +211,7 @@ def backward_dkv(q, k, v, d_out, lse, delta, plan: Plan, interpret: bool = False
                   specs.row_all, specs.kv_tile, specs.kv_tile],
         out_specs=[specs.dkv_tile, specs.dkv_tile],
         out_shape=[jax.ShapeDtypeStruct((batch, groups, mkv, heads, dim), jnp.float32)] * 2,
-        compiler_params=_params("dkv", launch),
-        interpret=interpret,
+        compiler_params=config.compiler_params("dkv"),
+        interpret=config.interpret,
         name="neighborhood_backward_dkv",
     )(lists.tiles, lists.counts, q, d_out, lse, delta, k, v)

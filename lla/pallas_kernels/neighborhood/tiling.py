@@ -226,9 +226,10 @@ def _box_lists(intervals, column_grid: Shape) -> tuple[np.ndarray, np.ndarray]:
     return np.where(relation > 0, index, last), counts
 
 
-# rank -> (query tile, kv tile) before clipping to the grid; 2-D and 3-D picked with
-# experiments/tune_neighborhood.py on an H200 at 256 x 256 (k = 7, 13, 31) and 16 x 64 x 64
-# (k = 3, 7, 7) (tune_neighborhood_*.json in experiments/results/nvidia_h200/): 8 x 8 / 8 x 8
+# rank -> (query tile, kv tile) before clipping to the grid; 2-D and 3-D picked with the
+# per-kernel tuning script that experiments/tune.py replaced, on an H200 at 256 x 256
+# (k = 7, 13, 31) and 16 x 64 x 64 (k = 3, 7, 7) (tune_neighborhood_*.json in
+# experiments/results/nvidia_h200/): 8 x 8 / 8 x 8
 # is best at k = 31 and within 11% of the best at k = 7 (8 x 8 / 4 x 16). 1-D is untuned.
 DEFAULT_TILES = {
     1: ((64,), (64,)),
@@ -237,17 +238,41 @@ DEFAULT_TILES = {
 }
 
 
-def make_plan(spatial_shape: Shape, kernel_size: Shape, dilation: Shape,
-              causal: tuple[bool, ...], heads: int, kv_heads: int, head_dim: int,
-              q_tile: Shape | None = None, kv_tile: Shape | None = None) -> Plan:
-    """A plan with the given tiles, or the defaults of `DEFAULT_TILES` clipped per axis to the
-    smallest power of two holding a dilation group."""
-    rank = len(spatial_shape)
+@dataclasses.dataclass(frozen=True)
+class Tiles:
+    """The tiling part of a kernel config (the GPU and TPU `Config`s extend it)."""
+
+    q_tile: Shape  # query tile, one size per axis
+    kv_tile: Shape  # kv tile, one size per axis
+    interpret: bool = False  # run in interpret mode (TPU: uninitialised memory NaN-poisoned)
+
+    def __post_init__(self):
+        for name in ("q_tile", "kv_tile"):
+            tile = getattr(self, name)
+            if isinstance(tile, int | str) or not all(isinstance(t, int) for t in tile):
+                raise ValueError(f"{name} must be one int per spatial axis, e.g. (8, 8); "
+                                 f"got {tile!r}")
+            object.__setattr__(self, name, tuple(tile))  # lists become hashable tuples
+
+    @classmethod
+    def default(cls, spatial_shape: Shape, dilation: Shape, interpret: bool = False):
+        """The config with `default_tiles` (and the class's other defaults)."""
+        return cls(*default_tiles(spatial_shape, dilation), interpret=interpret)
+
+
+def default_tiles(spatial_shape: Shape, dilation: Shape) -> tuple[Shape, Shape]:
+    """(q_tile, kv_tile): `DEFAULT_TILES` clipped per axis to the smallest power of two that
+    holds a dilation group."""
     slots = [-(-n // d) for n, d in zip(spatial_shape, dilation, strict=True)]
+    default_q, default_kv = DEFAULT_TILES[len(spatial_shape)]
     clip = lambda tile: tuple(min(t, 1 << (m - 1).bit_length())  # noqa: E731
                               for t, m in zip(tile, slots, strict=True))
-    default_q, default_kv = DEFAULT_TILES[rank]
-    return Plan(tuple(spatial_shape), tuple(kernel_size), tuple(dilation), tuple(causal),
-                tuple(q_tile) if q_tile else clip(default_q),
-                tuple(kv_tile) if kv_tile else clip(default_kv), heads, kv_heads, head_dim)
+    return clip(default_q), clip(default_kv)
 
+
+def make_plan(spatial_shape: Shape, kernel_size: Shape, dilation: Shape,
+              causal: tuple[bool, ...], heads: int, kv_heads: int, head_dim: int,
+              q_tile: Shape, kv_tile: Shape) -> Plan:
+    """The plan of one call with the given tiles (`default_tiles` gives the defaults)."""
+    return Plan(tuple(spatial_shape), tuple(kernel_size), tuple(dilation), tuple(causal),
+                tuple(q_tile), tuple(kv_tile), heads, kv_heads, head_dim)

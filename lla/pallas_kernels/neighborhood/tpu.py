@@ -37,8 +37,18 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from lla.pallas_kernels import online_softmax
-from lla.pallas_kernels.neighborhood.tiling import Plan, TileLists
+from lla.pallas_kernels.neighborhood.tiling import Plan, TileLists, Tiles
 from lla.pallas_kernels.online_softmax import LOG2E
+
+
+class Config(Tiles):
+    """Tiles of one call (untuned: the GPU defaults); `tuning("neighborhood", "pallas_tpu",
+    ...)` overrides them."""
+
+
+# The fields of `Config` that `tuning` may set.
+TUNABLE_FIELDS = ("q_tile", "kv_tile")
+
 
 _NT = (((1,), (1,)), ((), ()))  # a [m, k] x b [n, k] -> [m, n]
 _TN = (((0,), (0,)), ((), ()))  # a [k, m] x b [k, n] -> [m, n]
@@ -164,7 +174,7 @@ def _forward_kernel(tiles_ref, counts_ref, q_ref, k_ref, v_ref, out_ref, lse_ref
         lse_ref[...] = lse
 
 
-def forward(q, k, v, plan: Plan, interpret: bool = False):
+def forward(q, k, v, plan: Plan, config: Config):
     """(out [Bt, G, Mq, H, D] in q's dtype, lse f32 [Bt, H, G, Mq] natural log)."""
     batch, groups, mq, heads, dim = q.shape
     tq, tk = math.prod(plan.q_tile), math.prod(plan.kv_tile)
@@ -180,7 +190,7 @@ def forward(q, k, v, plan: Plan, interpret: bool = False):
                    jax.ShapeDtypeStruct((batch * heads, groups, mq, 1), jnp.float32)],
         scratch=[pltpu.VMEM((tq, 1), jnp.float32), pltpu.VMEM((tq, 1), jnp.float32),
                  pltpu.VMEM((tq, dim), jnp.float32)],
-        interpret=interpret, name="neighborhood_forward_tpu")
+        interpret=config.interpret, name="neighborhood_forward_tpu")
     return _tokens_major(out, batch), lse.reshape(batch, heads, groups, mq)
 
 
@@ -208,7 +218,7 @@ def _dq_kernel(tiles_ref, counts_ref, q_ref, d_out_ref, lse_ref, delta_ref, k_re
         dq_ref[...] = (dq_acc_ref[...] * plan.scale).astype(dq_ref.dtype)
 
 
-def backward_dq(q, k, v, d_out, lse, delta, plan: Plan, interpret: bool = False):
+def backward_dq(q, k, v, d_out, lse, delta, plan: Plan, config: Config):
     """dQ [Bt, G, Mq, H, D] in q's dtype; delta = rowsum(out * d_out) like lse."""
     batch, _, _, heads, dim = q.shape
     tq, tk = math.prod(plan.q_tile), math.prod(plan.kv_tile)
@@ -223,7 +233,7 @@ def backward_dq(q, k, v, d_out, lse, delta, plan: Plan, interpret: bool = False)
         in_specs=[query, query, stats, stats, keys, keys], out_specs=query,
         out_shape=jax.ShapeDtypeStruct(q_rows.shape, q.dtype),
         scratch=[pltpu.VMEM((tq, dim), jnp.float32)],
-        interpret=interpret, name="neighborhood_backward_dq_tpu")
+        interpret=config.interpret, name="neighborhood_backward_dq_tpu")
     return _tokens_major(dq, batch)
 
 
@@ -254,7 +264,7 @@ def _dkv_kernel(tiles_ref, counts_ref, q_ref, d_out_ref, lse_ref, delta_ref, k_r
         dv_ref[...] = dv_acc_ref[...]
 
 
-def backward_dkv(q, k, v, d_out, lse, delta, plan: Plan, interpret: bool = False):
+def backward_dkv(q, k, v, d_out, lse, delta, plan: Plan, config: Config):
     """dK, dV float32 [Bt, G, Mkv, H, D], per query head."""
     batch, groups, _, heads, dim = q.shape
     mkv = k.shape[2]
@@ -270,5 +280,5 @@ def backward_dkv(q, k, v, d_out, lse, delta, plan: Plan, interpret: bool = False
         in_specs=[query, query, stats, stats, keys, keys], out_specs=[grads, grads],
         out_shape=[jax.ShapeDtypeStruct((batch * heads, groups, mkv, dim), jnp.float32)] * 2,
         scratch=[pltpu.VMEM((tk, dim), jnp.float32)] * 2,
-        interpret=interpret, name="neighborhood_backward_dkv_tpu")
+        interpret=config.interpret, name="neighborhood_backward_dkv_tpu")
     return _tokens_major(dk, batch), _tokens_major(dv, batch)

@@ -1,0 +1,53 @@
+"""Helpers shared by the experiment configs: the `file.py:key=value,...` argument parser and
+checks that name what would work."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import lla.attention
+
+
+def parse(arg: str | None, defaults: Mapping[str, object]) -> dict[str, object]:
+    """'res=64,attention=dense' -> {'res': 64, 'attention': 'dense', <other defaults>}.
+
+    Every key must be one of `defaults`; a value is converted to the type of its default
+    (int, float, bool or str; a None default takes strings).
+
+    Raises:
+      ValueError: a malformed item, an unknown key (listing the known ones) or a value that
+        does not convert.
+    """
+    options = dict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep:
+            raise ValueError(f"config argument {item!r}: expected key=value")
+        if key not in defaults:
+            raise ValueError(f"unknown config argument {key!r}; known: "
+                             f"{', '.join(defaults)}")
+        kind = str if defaults[key] is None else type(defaults[key])
+        try:
+            if kind is bool:
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(value)
+                options[key] = value.lower() in ("true", "1")
+            else:
+                options[key] = kind(value)
+        except ValueError:
+            raise ValueError(f"config argument {key}={value!r}: expected a "
+                             f"{kind.__name__}") from None
+    return options
+
+
+def choose(key: str, value, choices: Iterable) -> None:
+    """Raises ValueError naming the choices unless `value` is one of them."""
+    choices = list(choices)
+    if value not in choices:
+        raise ValueError(f"{key}={value}: choose one of {', '.join(map(str, choices))}")
+
+
+def attention(name: str) -> tuple[str, dict]:
+    """(name, the op's default keyword arguments) of a registered attention op."""
+    choose("attention", name, lla.attention.names())
+    return name, dict(lla.attention.get(name).default_kwargs)

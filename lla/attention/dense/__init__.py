@@ -1,0 +1,80 @@
+"""Dense softmax attention, registered as "dense": the baseline every sparse op is timed against.
+
+Implementations, in preference order:
+  "cudnn": cuDNN flash attention through `jax.nn.dot_product_attention` (GPU, bf16/f16);
+           `cudnn.py`.
+  "xla":   `common.chunked_softmax.chunked_attention`, pure JAX, online softmax over chunks
+           with a flash-style custom VJP; never materialises N x N, on any platform;
+           `reference.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+
+from lla.attention import registry
+from lla.attention.common.validation import (
+    SegmentIds,
+    check_qkv,
+    default_scale,
+    split_segment_ids,
+)
+from lla.attention.dense import cudnn, reference
+
+
+def dot_product_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    causal: bool = False,
+    segment_ids: SegmentIds | None = None,
+    scale: float | None = None,
+    implementation: str | Sequence[str] | None = None,
+    return_residuals: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """softmax(q·kᵀ·scale + mask)·v for every head.
+
+    Args:
+      q: [B, Nq, H, D] float32, bfloat16 or float16.
+      k, v: [B, Nk, Hkv, D], same dtype; Hkv divides H (grouped-query attention: query head
+        h reads kv head h // (H // Hkv)).
+      causal: query i sees keys j <= i (top-left aligned when Nq != Nk).
+      segment_ids: int [B, N] (Nq == Nk) or a pair ([B, Nq], [B, Nk]); a query sees only keys
+        of its own segment. A query that sees no key outputs 0 (lse -inf).
+      scale: logit multiplier, default 1/sqrt(D).
+      implementation: None (best available: "cudnn" on GPU for bf16/f16, else "xla"), a name,
+        or a sequence of names tried in order.
+      return_residuals: also return lse.
+
+    Returns:
+      out [B, Nq, H, D] in q's dtype; with `return_residuals`, (out, lse [B, H, Nq] float32,
+      natural log), differentiable in both (see `merge_partials`).
+
+    Raises:
+      ValueError: malformed inputs (the message names the argument and expected shape).
+      NoImplementationError: no requested implementation supports the inputs.
+    """
+    check_qkv("dense", q, k, v)
+    segments = split_segment_ids("dense", segment_ids, q, k)
+    scale = default_scale(q.shape[-1], scale)
+    static = dict(causal=causal, segments=segments, scale=scale,
+                  return_residuals=return_residuals)
+    return registry.call(DENSE, implementation, q, k, v, **static)
+
+
+DENSE = registry.register(registry.AttentionOp(
+    name="dense",
+    fn=dot_product_attention,
+    capabilities=registry.Capabilities(causal=True, segments=True, gqa=True),
+    implementations=(
+        registry.Implementation("cudnn", cudnn.dense_cudnn, cudnn.unsupported_reasons,
+                                ("gpu",)),
+        registry.Implementation(
+            "xla", reference.dense_xla,
+            tunable=registry.Tunable(reference.default_config, ("chunk_q", "chunk_k"))),
+    ),
+    summary="softmax attention over all keys (causal, segment_ids, GQA)",
+))

@@ -1,0 +1,35 @@
+"""The "cudnn" implementation of dense attention: cuDNN flash attention through
+`jax.nn.dot_product_attention` (GPU, bf16/f16, no segment ids, no residuals)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+_CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+def dense_cudnn(q, k, v, *, causal, segments, scale, return_residuals):
+    """q [B, N, H, D], k/v [B, N, Hkv, D] -> [B, N, H, D]."""
+    del segments, return_residuals  # rejected by unsupported_reasons
+    return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=causal,
+                                        implementation="cudnn")
+
+
+def unsupported_reasons(q, k, v, *, causal, segments, scale, return_residuals):
+    reasons = []
+    if jax.default_backend() != "gpu":
+        reasons.append(f"needs a CUDA GPU, platform is {jax.default_backend()}")
+    if q.dtype not in _CUDNN_DTYPES:
+        reasons.append(f"dtype {q.dtype} not supported (bfloat16 or float16)")
+    head_dim = q.shape[-1]
+    if head_dim % 8 or head_dim > 256:
+        reasons.append(f"head_dim {head_dim} must be a multiple of 8 and <= 256")
+    if segments is not None:
+        reasons.append("segment_ids not supported")
+    if return_residuals:
+        reasons.append("return_residuals not supported (its lse is neither f32 nor "
+                       "differentiable)")
+    if causal and q.shape[1] != k.shape[1]:
+        reasons.append(f"causal needs Nq == Nk, got {q.shape[1]} and {k.shape[1]}")
+    return reasons

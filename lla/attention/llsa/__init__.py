@@ -1,0 +1,86 @@
+"""LLSA, log-linear sparse attention (`papers/llsa.md`), registered as "llsa".
+
+Tokens must already be in hierarchy order: consecutive tokens pool together, so the op's
+`token_order` capability is "hierarchy" and models feed images and volumes in Z-order
+(`lla.attention.token_order.for_op("llsa", grid)`). With B = block_size, K = topk and
+L = levels, query block b (B consecutive queries) attends, in one softmax with scale
+1/sqrt(D), to
+  fine:          the B tokens of each of its K selected level-0 blocks      weight 1
+  level 0<l<L:   the K·B level-l candidates of its level-l parent           weight B^l
+  coarsest L:    all N / B^L level-L tokens                                  weight B^L
+where level-l keys and values are means over B^l consecutive tokens and a weight w enters
+as +log(w) on the logit. Selection (`hierarchy.select`) has no gradient; q, k and v get
+exact gradients, k and v also through the pooling.
+
+Files: `hierarchy.py` (levels, pooling, selection: shared by every implementation),
+`reference.py` ("xla"), `pallas_gpu.py` and `pallas_tpu.py` (glue around the kernels of
+`lla.pallas_kernels.llsa`; their tiling is a `tuning` config, not an argument).
+
+N must be divisible by B^L (no partial blocks): other sizes are rejected with an error that
+names the nearest valid N.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+
+from lla.attention import registry
+from lla.attention.common.validation import check_qkv
+from lla.attention.llsa import hierarchy, pallas_gpu, pallas_tpu, reference
+
+
+def llsa(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    block_size: int = 16,
+    topk: int = 8,
+    levels: int | None = None,
+    implementation: str | Sequence[str] | None = None,
+    interpret: bool = False,
+) -> jax.Array:
+    """Log-linear sparse attention (non-causal self-attention).
+
+    Args:
+      q: [B, N, H, D] float32, bfloat16 or float16, tokens in hierarchy order.
+      k, v: [B, N, Hkv, D], Hkv dividing H.
+      block_size: tokens per block and pooling window (B >= 2).
+      topk: blocks kept per query block at every level (K <= N / B^L).
+      levels: L >= 1; None means max(1, floor(log_B(N) - 1)).
+      implementation: None (best available), "xla", "pallas_gpu", "pallas_tpu", or a
+        sequence of names.
+      interpret: run Pallas kernels in interpret mode (any platform, for tests).
+
+    Returns:
+      [B, N, H, D] in q's dtype.
+    """
+    check_qkv("llsa", q, k, v)
+    if q.shape[1] != k.shape[1]:
+        raise ValueError(f"llsa: self-attention needs q and k with the same number of tokens; "
+                         f"got q {tuple(q.shape)} and k {tuple(k.shape)}")
+    tokens = q.shape[1]
+    if levels is None:
+        levels = hierarchy.default_levels(tokens, block_size)
+    hierarchy.check_hierarchy("llsa", tokens, block_size, topk, levels)
+    static = dict(block_size=block_size, topk=topk, levels=levels, interpret=interpret)
+    return registry.call(LLSA, implementation, q, k, v, **static)
+
+
+LLSA = registry.register(registry.AttentionOp(
+    name="llsa",
+    fn=llsa,
+    capabilities=registry.Capabilities(token_order="hierarchy", gqa=True),
+    implementations=(
+        registry.Implementation("pallas_gpu", pallas_gpu.llsa_pallas_gpu,
+                                pallas_gpu.unsupported_reasons, ("gpu",), pallas_gpu.TUNABLE),
+        registry.Implementation("pallas_tpu", pallas_tpu.llsa_pallas_tpu,
+                                pallas_tpu.unsupported_reasons, ("tpu",), pallas_tpu.TUNABLE),
+        registry.Implementation("xla", reference.llsa_xla),
+    ),
+    summary="log-linear sparse attention: hierarchical top-K + weighted coarse levels",
+    default_kwargs={"block_size": 16, "topk": 8},
+    example_kwargs={"block_size": 4, "topk": 2},
+))

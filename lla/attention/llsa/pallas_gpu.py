@@ -1,0 +1,105 @@
+"""The "pallas_gpu" implementation of LLSA: XLA pooling and selection, Pallas attention.
+
+Pooling and the hierarchical selection run in XLA (`hierarchy`, the same code as the
+reference, so both attend to identical sets). The attention over the selected sources is a
+`jax.custom_vjp` around the kernels of `lla.pallas_kernels.llsa.gpu`; its inputs are the
+pooled levels, so JAX differentiates the pooling itself and k, v get their gradients through
+it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from lla.attention.llsa import hierarchy, pallas_config
+from lla.pallas_kernels.llsa import gpu, metadata, selection
+
+TUNABLE = pallas_config.tunable(gpu)
+
+
+def unsupported_reasons(q, k, v, *, block_size, topk, levels, interpret, config: gpu.Config):
+    return pallas_config.reasons(gpu, "gpu", config, interpret)
+
+
+def prepare(q, k, v, config: gpu.Config):
+    """Pools in XLA and selects (coarsest level in XLA, the others with the
+    `selection.select_children` kernel); returns the kernels' k and v levels (L + 1 each, in
+    k's dtype, layouts in `gpu`) and picks (L arrays, int32 [Bt·H, N / B^l, K])."""
+    batch, _, heads, head_dim = q.shape
+    kv_heads, size, levels = k.shape[2], config.block_size, config.levels
+    q_pooled = hierarchy.pyramid(jax.lax.stop_gradient(q), size, levels)
+    k_pooled = hierarchy.pyramid(k, size, levels)
+    v_pooled = hierarchy.pyramid(v, size, levels)
+
+    def as_blocks(x):
+        """[Bt, N_l, Hkv, D] -> [Bt, N_l / B, B, Hkv, D]."""
+        return x.reshape(batch, -1, size, kv_heads, head_dim)
+
+    coarsest = hierarchy.select_coarsest(q_pooled[levels], k_pooled[levels], config.topk)
+    picks = {levels: coarsest.reshape(batch * heads, *coarsest.shape[2:])}
+    for level in range(levels - 1, 0, -1):
+        picks[level] = selection.select_children(
+            q_pooled[level], as_blocks(jax.lax.stop_gradient(k_pooled[level])),
+            picks[level + 1], config)
+    k_levels = (as_blocks(k), *(as_blocks(x.astype(k.dtype)) for x in k_pooled[1:levels]),
+                k_pooled[levels].astype(k.dtype))
+    v_levels = (as_blocks(v), *(as_blocks(x.astype(v.dtype)) for x in v_pooled[1:levels]),
+                v_pooled[levels].astype(v.dtype))
+    return k_levels, v_levels, tuple(picks[level] for level in range(1, levels + 1))
+
+
+@functools.partial(jax.jit, static_argnames=("block_size", "topk", "levels", "interpret",
+                                             "config"))
+def llsa_pallas_gpu(q, k, v, *, block_size, topk, levels, interpret, config: gpu.Config):
+    """q [Bt, N, H, D], k/v [Bt, N, Hkv, D] -> [Bt, N, H, D] (see `lla.attention.llsa`);
+    `config` (shape and tiling) already describes the static arguments."""
+    del block_size, topk, levels, interpret
+    return attend(q, *prepare(q, k, v, config), config)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def attend(q, k_levels, v_levels, picks, config):
+    """The kernels' attention, q [Bt, N, H, D] over `prepare`d levels -> [Bt, N, H, D];
+    differentiable in q, k_levels and v_levels."""
+    return gpu.forward(q, k_levels, v_levels, picks, config)[0]
+
+
+def _attend_fwd(q, k_levels, v_levels, picks, config):
+    out, lse = gpu.forward(q, k_levels, v_levels, picks, config)
+    return out, (q, k_levels, v_levels, picks, out, lse)
+
+
+def _attend_bwd(config, residuals, d_out):
+    q, k_levels, v_levels, picks, out, lse = residuals
+    delta = jnp.einsum("bnhd,bnhd->bhn", out.astype(jnp.float32), d_out.astype(jnp.float32))
+    delta = delta.reshape(lse.shape)
+    d_out = d_out.astype(q.dtype)
+    dq = gpu.backward_dq(q, d_out, lse, delta, k_levels, v_levels, picks, config)
+    dk_levels, dv_levels = [], []
+    for level, (k, v) in enumerate(zip(k_levels, v_levels, strict=True)):
+        k_tokens = k.reshape(k.shape[0], -1, *k.shape[-2:])  # [Bt, N_l, Hkv, D]
+        v_tokens = v.reshape(k_tokens.shape)
+        if level < config.levels:
+            offsets, groups = metadata.transpose_picks(
+                picks[level], k_tokens.shape[1] // config.block_size)
+            dk, dv = gpu.backward_sparse_dkv(q, d_out, lse, delta, k_tokens, v_tokens,
+                                             offsets, groups, level, config)
+        else:
+            dk, dv = gpu.backward_coarse_dkv(q, d_out, lse, delta, k_tokens, v_tokens, config)
+        dk_levels.append(_sum_query_heads(dk, config).reshape(k.shape).astype(k.dtype))
+        dv_levels.append(_sum_query_heads(dv, config).reshape(v.shape).astype(v.dtype))
+    return dq, tuple(dk_levels), tuple(dv_levels), None
+
+
+def _sum_query_heads(grad: jax.Array, config: gpu.Config) -> jax.Array:
+    """[Bt, T, H, D] per query head -> [Bt, T, Hkv, D] summed over each GQA group."""
+    group = config.heads // config.kv_heads
+    if group == 1:
+        return grad
+    return grad.reshape(*grad.shape[:2], config.kv_heads, group, grad.shape[-1]).sum(3)
+
+
+attend.defvjp(_attend_fwd, _attend_bwd)

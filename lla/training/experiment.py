@@ -1,0 +1,70 @@
+"""An experiment built from its config: data source, objective, model and optimizer, by name.
+
+    experiment = Experiment.from_config(config)
+    state = experiment.initial_state(mesh)
+    step = jax.jit(experiment.train_step(), donate_argnums=0)
+
+`config.data` names the source (`lla.data.get_source`), `config.objective` the objective
+(`lla.objectives.build`), `config.model` the model family and preset (`lla.models.build`);
+the objective adds the model fields that follow from the data. Nothing here knows a model or
+an objective by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from lla import data, models, objectives
+from lla.training import optim, sharding
+from lla.training import state as train_state
+from lla.training.step import make_train_step
+
+
+def _plain(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
+    return config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+
+
+def model_fields(model_config) -> dict[str, Any]:
+    """`config.model` as `lla.models.build` arguments (dtype names become dtypes)."""
+    fields = _plain(model_config)
+    if "dtype" in fields:
+        fields["dtype"] = jnp.dtype(fields["dtype"])
+    return fields
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    config: ml_collections.ConfigDict
+    source: Any
+    objective: objectives.Objective
+    model: nn.Module
+    optimizer: optax.GradientTransformation
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> Experiment:
+        source = data.get_source(config.data.name, **_plain(config.data.kwargs))
+        objective = objectives.build(**_plain(config.objective))
+        model = models.build(**model_fields(config.model), **objective.model_fields(source))
+        optimizer = optim.make_optimizer(**_plain(config.optimizer))
+        return cls(config, source, objective, model, optimizer)
+
+    def initial_state(self, mesh) -> train_state.TrainState:
+        """Step-0 train state (parameters from key `config.seed`), replicated over `mesh`."""
+        params = self.objective.init(self.model, jax.random.key(self.config.seed))
+        return sharding.replicate(train_state.create(params, self.optimizer), mesh)
+
+    def train_step(self, seed: int | None = None):
+        """`step(state, batch) -> (state, metrics)` (see `make_train_step`)."""
+        return make_train_step(self.model, self.objective, self.optimizer,
+                               seed=self.config.seed if seed is None else seed,
+                               ema=_plain(self.config.ema))
+
+    def tokens_per_step(self) -> int:
+        return self.config.batch_size * self.model.tokens_per_example

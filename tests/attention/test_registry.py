@@ -1,0 +1,158 @@
+"""The attention registry: capability defaults, the ops' own facts, dispatch, tuning
+overrides and the dispatch log."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import jax
+import numpy as np
+import pytest
+
+import lla.attention as attention
+from tests.attention.op_test_base import random_qkv
+
+
+def test_capabilities_have_defaults_and_check_their_values():
+    caps = attention.Capabilities()
+    assert (caps.causal, caps.segments, caps.gqa, caps.decode) == (False,) * 4
+    assert caps.trainable and caps.token_order == "any" and caps.spatial_dims == (1, 2, 3)
+    with pytest.raises(ValueError, match="token_order 'zorder' is not one of"):
+        attention.Capabilities(token_order="zorder")
+    with pytest.raises(ValueError, match="spatial_dims"):
+        attention.Capabilities(spatial_dims=(4,))
+
+
+def test_registry_describes_dense():
+    op = attention.get("dense")
+    assert "dense" in attention.names()
+    assert list(op.implementations) == ["cudnn", "xla"]
+    assert op.capabilities.causal and op.capabilities.segments and op.capabilities.gqa
+    assert "cudnn" in repr(op) and "xla" in repr(op)
+    assert attention.get(op) is op
+    with pytest.raises(KeyError, match=r"registered: .*dense"):
+        attention.get("no-such-op")
+
+
+@pytest.mark.parametrize("name", ["dense", "llsa", "neighborhood"])
+def test_default_and_example_kwargs_are_arguments_of_the_op(name):
+    op = attention.get(name)
+    parameters = inspect.signature(op.fn).parameters
+    for kwargs in (op.default_kwargs, op.example_kwargs):
+        assert set(kwargs) <= set(parameters), sorted(set(kwargs) - set(parameters))
+        assert "spatial_shape" not in kwargs  # spatial arguments come from the token order
+
+
+def test_the_ops_declare_their_token_orders():
+    assert attention.get("dense").capabilities.token_order == "any"
+    assert attention.get("llsa").capabilities.token_order == "hierarchy"
+    assert attention.get("neighborhood").capabilities.token_order == "grid"
+
+
+def test_register_rejects_duplicates_and_missing_reference():
+    op = attention.get("dense")
+    with pytest.raises(ValueError, match="already registered"):
+        attention.register(op)
+    nameless = attention.AttentionOp(name="nameless", fn=op.fn,
+                                     implementations=[op.implementations["cudnn"]],
+                                     summary="x")
+    with pytest.raises(ValueError, match="needs an 'xla' reference"):
+        attention.register(nameless)
+
+
+def test_select_names_unknown_and_empty_implementations():
+    q, k, v = random_qkv((1, 8, 8, 2, 2, 8))
+    with pytest.raises(ValueError, match=r"unknown implementation 'triton'; choose from "
+                                         r"\['cudnn', 'xla'\]"):
+        attention.dot_product_attention(q, k, v, implementation="triton")
+    with pytest.raises(ValueError, match="empty implementation list"):
+        attention.dot_product_attention(q, k, v, implementation=())
+
+
+def test_tuning_overrides_reach_the_implementation_and_nest():
+    q, k, v = random_qkv((1, 64, 64, 2, 2, 16))
+    static = dict(spatial_shape=(8, 8), kernel_size=3, implementation="pallas_gpu",
+                  interpret=True)
+
+    def config():
+        with attention.dispatch_log() as log:
+            jax.eval_shape(lambda *x: attention.neighborhood(*x, **static), q, k, v)
+        (dispatch,) = log
+        assert (dispatch.op, dispatch.implementation) == ("neighborhood", "pallas_gpu")
+        return dispatch.config
+
+    default = config()
+    assert (default.q_tile, default.kv_tile) == ((8, 8), (8, 8))
+    with attention.tuning("neighborhood", "pallas_gpu", q_tile=(2, 4)):
+        assert config() == dataclasses.replace(default, q_tile=(2, 4))
+        with attention.tuning("neighborhood", "pallas_gpu", kv_tile=[4, 2], q_tile=(4, 4)):
+            assert config() == dataclasses.replace(default, q_tile=(4, 4), kv_tile=(4, 2))
+        assert config().q_tile == (2, 4)
+        with attention.tuning("neighborhood", "pallas_tpu", q_tile=(1, 1)):  # another impl
+            assert config().q_tile == (2, 4)
+    assert config() == default
+
+
+def test_tuning_changes_the_computation_not_the_result():
+    q, k, v = random_qkv((1, 64, 64, 2, 2, 16))
+    run = jax.jit(lambda *x: attention.neighborhood(
+        *x, spatial_shape=(8, 8), kernel_size=3, implementation="pallas_gpu", interpret=True))
+    with attention.dispatch_log() as log, attention.tuning("neighborhood", "pallas_gpu",
+                                                           q_tile=(2, 4), kv_tile=(4, 2)):
+        tuned = jax.jit(lambda *x: attention.neighborhood(
+            *x, spatial_shape=(8, 8), kernel_size=3, implementation="pallas_gpu",
+            interpret=True))(q, k, v)
+    assert log[0].config.q_tile == (2, 4)
+    np.testing.assert_allclose(tuned, run(q, k, v), rtol=1e-5, atol=1e-6)
+
+
+def test_tuning_rejects_what_does_not_exist():
+    cases = [
+        (ValueError, r"unknown tuning field\(s\) \['tile'\]; fields: q_tile, kv_tile",
+         ("neighborhood", "pallas_gpu"), {"tile": (8, 8)}),
+        (ValueError, "'cudnn' has no tuning knobs", ("dense", "cudnn"), {"chunk": 8}),
+        (ValueError, "unknown implementation 'pallas_gpu'", ("dense", "pallas_gpu"),
+         {"chunk_q": 8}),
+        (KeyError, "no attention op 'nope'", ("nope", "xla"), {}),
+    ]
+    for error, message, names, values in cases:
+        with pytest.raises(error, match=message), attention.tuning(*names, **values):
+            pass
+
+
+def test_bad_tuning_values_raise_with_the_field_named():
+    q, k, v = random_qkv((1, 64, 64, 2, 2, 16))
+    with attention.tuning("llsa", "pallas_gpu", query_blocks=3), pytest.raises(
+            ValueError, match="query_blocks 3 must divide block_size 4"):
+        attention.llsa(q, k, v, block_size=4, topk=2, implementation="pallas_gpu",
+                       interpret=True)
+    with attention.tuning("neighborhood", "pallas_gpu", q_tile=8), pytest.raises(
+            ValueError, match="q_tile must be one int per spatial axis"):
+        attention.neighborhood(q, k, v, spatial_shape=(8, 8), kernel_size=3,
+                               implementation="pallas_gpu", interpret=True)
+
+
+def test_dense_xla_chunks_are_a_tuning_config():
+    """Small chunks through `tuning` give the same attention (and really are used)."""
+    q, k, v = random_qkv((1, 50, 70, 2, 1, 8))
+    expected = attention.dot_product_attention(q, k, v, causal=True, implementation="xla")
+    with attention.tuning("dense", "xla", chunk_q=8, chunk_k=16), \
+            attention.dispatch_log() as log:
+        out = attention.dot_product_attention(q, k, v, causal=True, implementation="xla")
+    assert (log[0].config.chunk_q, log[0].config.chunk_k) == (8, 16)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_dispatch_log_records_the_dispatched_implementation():
+    """float32 inputs: cuDNN declines them on every platform, so dispatch falls back to xla,
+    whose config the log holds; nothing is recorded outside the block."""
+    q, k, v = random_qkv((1, 16, 16, 2, 2, 8))
+    with attention.dispatch_log() as log:
+        attention.dot_product_attention(q, k, v)
+        attention.dot_product_attention(q, k, v, implementation=("cudnn", "xla"))
+    assert [(d.op, d.implementation) for d in log] == [("dense", "xla")] * 2
+    assert log[0].config == attention.get("dense").implementations["xla"].tunable.default(
+        q, k, v)
+    attention.dot_product_attention(q, k, v)
+    assert len(log) == 2
