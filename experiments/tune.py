@@ -6,8 +6,9 @@ r"""Sweeps the tuning config of one attention implementation on one shape.
         --variants="query_blocks=2,fine_chunk=2;coarse_splits=16"
 
 --op is an entry as in `experiments.bench_attention` (`name:implementation/key=value...`),
-whose flags --dtype, --samples, --warmup, --sample_seconds, --name (default "tune") and
---results_dir apply here too;
+whose flags --dtype, --samples, --warmup, --sample_seconds, --name (default
+`tune_<op>_<implementation>`) and --results_dir apply here too (its --ops, --shapes,
+--baseline and --modes do not);
 the implementation must have tuning knobs (`registry.Tunable`). Each variant sets fields of
 its config (`lla.attention.tuning`; values as in --op, `AxB` for tuples), separated by ',',
 variants by ';'. For the heuristic default and then each variant: the resolved config (as
@@ -46,7 +47,6 @@ def run_variant(entry: bench.Entry, overrides: dict, qkv, cotangent, timing):
     """(report row, (out, dq, dk, dv) or None) of `entry` with `overrides` applied."""
     forward = entry.function()
     row = {"overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()}}
-    outputs = None
     try:  # report bad values and compile failures (e.g. shared memory) per variant
         with attention.tuning(entry.op, entry.implementation, **overrides):
             with attention.dispatch_log() as log:
@@ -55,10 +55,12 @@ def run_variant(entry: bench.Entry, overrides: dict, qkv, cotangent, timing):
             forward_fn = jax.jit(forward)
             backward_fn = jax.jit(bench.vjp_function(forward))
             outputs = (forward_fn(*qkv), *backward_fn(*qkv, cotangent))
-        row["fwd_s"] = bench.median_seconds(forward_fn, qkv, **timing)
-        row["fwd_bwd_s"] = bench.median_seconds(backward_fn, (*qkv, cotangent), **timing)
+            # Timed inside the block: the overrides are part of the jit cache key.
+            row["fwd_s"] = bench.median_seconds(forward_fn, qkv, **timing)
+            row["fwd_bwd_s"] = bench.median_seconds(backward_fn, (*qkv, cotangent), **timing)
     except Exception as error:
         row["error"] = str(error).splitlines()[0][:300]
+        outputs = None
     return row, outputs
 
 
@@ -92,7 +94,8 @@ def main(argv) -> None:
     report = {"device_kind": jax.devices()[0].device_kind, "jax_version": jax.__version__,
               "entry": str(entry), "shape": list(shape), "dtype": FLAGS.dtype,
               "bound": FLAGS.bound, "variants": rows}
-    bench.write_report(report, FLAGS.results_dir, FLAGS.name or "tune")
+    bench.write_report(report, FLAGS.results_dir,
+                       FLAGS.name or f"tune_{entry.op}_{entry.implementation}")
 
 
 if __name__ == "__main__":

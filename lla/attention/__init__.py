@@ -9,6 +9,9 @@ One folder per op (`dense/`, `llsa/`, `neighborhood/`): the public function and 
 registration in `__init__.py`, the "xla" reference in `reference.py`, one file per other
 implementation named as it is (`cudnn.py`, `pallas_gpu.py`, `pallas_tpu.py`). Shared pieces
 are in `common/`. This file is the explicit list of public ops: a new op adds one import.
+Here `lla.attention.llsa` and `lla.attention.neighborhood` are the op functions, which
+shadow their folders as attributes: reach a folder's modules with from-imports
+(`from lla.attention.llsa import reference`).
 """
 
 from lla.attention.common import token_order

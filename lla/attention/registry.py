@@ -6,7 +6,8 @@ An op (`AttentionOp`) is a public function plus an ordered table of implementati
 when none fits it raises `NoImplementationError` listing every implementation with its
 reasons, e.g.
 
-    no implementation of 'dense' fits: cudnn: platform is cpu, needs gpu; xla: ...
+    no implementation of 'dense' fits these inputs — cudnn: needs a CUDA GPU, platform is
+    cpu; dtype float32 not supported (bfloat16 or float16)
 
 An op also carries the facts models, configs, tests and benchmarks need, so none of them
 knows ops by name: `capabilities` (including the token order a model must feed,
@@ -15,7 +16,9 @@ knows ops by name: `capabilities` (including the token order a model must feed,
 
 Kernel tuning (tile sizes, launch parameters) is not in an op's signature: an implementation
 may declare a `Tunable` config, a frozen dataclass with a heuristic default; `tuning(...)`
-overrides fields of it for the calls made inside a `with` block.
+overrides fields of it for the calls made inside a `with` block (jitted ones included: the
+overrides are part of the jit cache key). An implementation with active overrides that
+cannot run the inputs raises instead of being skipped for the next one.
 
 Usage:
     lla.attention.names()                      # ('dense', 'llsa', 'neighborhood')
@@ -34,6 +37,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
+import numpy as np
 
 TOKEN_ORDERS = ("any", "hierarchy", "grid")
 
@@ -205,18 +209,42 @@ def names() -> tuple[str, ...]:
 
 # ---- tuning overrides ------------------------------------------------------------------------
 
-_OVERRIDES: contextvars.ContextVar[Mapping[tuple[str, str], Mapping[str, Any]]] = (
-    contextvars.ContextVar("lla_attention_tuning", default=types.MappingProxyType({})))
+# The active overrides, ((op, implementation, ((field, value), ...)), ...), sorted. A jax user
+# context: `jax.jit` keys its caches on it, so a jitted function called inside a `tuning`
+# block is traced again with the overrides, and called outside again without them.
+_OVERRIDES = jax.make_user_context(default_value=())
+
+
+def _active_overrides() -> dict[tuple[str, str], dict[str, Any]]:
+    return {(op, impl): dict(values) for op, impl, values in _OVERRIDES.value}
+
+
+def _tuning_value(name: str, value):
+    """A tuning value as a hashable positive int or tuple of them; ValueError otherwise."""
+    def positive_int(x):
+        return isinstance(x, int | np.integer) and not isinstance(x, bool | np.bool_) and x >= 1
+
+    if positive_int(value):
+        return int(value)
+    if isinstance(value, Sequence | np.ndarray) and not isinstance(value, str) and all(
+            positive_int(x) for x in np.ravel(value)):
+        return tuple(int(x) for x in np.ravel(value))
+    raise ValueError(f"tuning field {name} must be a positive int or a sequence of them "
+                     f"(one per axis); got {value!r}")
 
 
 @contextlib.contextmanager
-def tuning(op: str, implementation: str, **values) -> Iterator[None]:
-    """Overrides tuning fields of `op`'s `implementation` for calls traced inside the block.
+def tuning(op: str | AttentionOp, implementation: str, **values) -> Iterator[None]:
+    """Overrides tuning fields of `op`'s `implementation` for calls inside the block.
 
-    Nested blocks add to (and may replace) the outer block's values. The values become part
-    of the implementation's static config, so jitted functions traced inside a block keep
-    them. Unknown ops, implementations without tuning knobs and unknown fields raise
-    ValueError naming what exists.
+    Nested blocks add to (and may replace) the outer block's values. Values are positive
+    ints or tuples of them (lists and numpy values are converted). The overrides are part of
+    the jit cache key: a jitted function runs with the overrides of the block it is called
+    in (retraced on a change), whether it was traced there or not.
+
+    Raises:
+      KeyError: an unknown op. ValueError: an unknown implementation, one without tuning
+      knobs, an unknown field or a value of the wrong kind (each naming what would work).
     """
     impl = _implementation(get(op), implementation)
     if impl.tunable is None:
@@ -225,14 +253,13 @@ def tuning(op: str, implementation: str, **values) -> Iterator[None]:
     if unknown:
         raise ValueError(f"{op}/{implementation}: unknown tuning field(s) {unknown}; "
                          f"fields: {', '.join(impl.tunable.fields)}")
-    current = _OVERRIDES.get()
+    values = {name: _tuning_value(name, value) for name, value in values.items()}
+    active = _active_overrides()
     key = (get(op).name, implementation)
-    token = _OVERRIDES.set(types.MappingProxyType(
-        {**current, key: types.MappingProxyType({**current.get(key, {}), **values})}))
-    try:
+    active[key] = {**active.get(key, {}), **values}
+    with _OVERRIDES(tuple(sorted((op_name, impl_name, tuple(sorted(fields.items())))
+                                 for (op_name, impl_name), fields in active.items()))):
         yield
-    finally:
-        _OVERRIDES.reset(token)
 
 
 def config_for(op: AttentionOp, impl: Implementation, *args, **kwargs):
@@ -241,7 +268,7 @@ def config_for(op: AttentionOp, impl: Implementation, *args, **kwargs):
     if impl.tunable is None:
         return None
     config = impl.tunable.default(*args, **kwargs)
-    overrides = _OVERRIDES.get().get((op.name, impl.name))
+    overrides = _active_overrides().get((op.name, impl.name))
     return dataclasses.replace(config, **overrides) if overrides else config
 
 
@@ -256,20 +283,22 @@ class Dispatch:
     config: Any
 
 
-_LOG: contextvars.ContextVar[list[Dispatch] | None] = contextvars.ContextVar(
-    "lla_attention_dispatch_log", default=None)
+_LOGS: contextvars.ContextVar[tuple[list[Dispatch], ...]] = contextvars.ContextVar(
+    "lla_attention_dispatch_logs", default=())
 
 
 @contextlib.contextmanager
 def dispatch_log() -> Iterator[list[Dispatch]]:
-    """Records every op call dispatched (traced) inside the block: which implementation ran
-    and with which config. `jax.eval_shape` inside the block records without computing."""
+    """Records every op call dispatched inside the block (in every enclosing log too): which
+    implementation ran and with which config. Dispatch happens when a call is traced, so a
+    jitted function records on its first call (or on a retrace) only; `jax.eval_shape`
+    inside the block records without computing."""
     log: list[Dispatch] = []
-    token = _LOG.set(log)
+    token = _LOGS.set((*_LOGS.get(), log))
     try:
         yield log
     finally:
-        _LOG.reset(token)
+        _LOGS.reset(token)
 
 
 def _implementation(op: AttentionOp, name: str) -> Implementation:
@@ -318,10 +347,15 @@ def select(
         config = config_for(op, impl, *args, **kwargs)
         extra = {} if impl.tunable is None else {"config": config}
         why = list(impl.unsupported_reasons(*args, **kwargs, **extra))
-        if implementation is None and platform not in impl.platforms:
+        on_platform = platform in impl.platforms
+        if implementation is None and not on_platform:
             why.insert(0, f"platform is {platform}, needs {'/'.join(impl.platforms)}")
         if not why:
             return impl, config
+        if on_platform and (op.name, impl.name) in _active_overrides():
+            raise NoImplementationError(
+                f"{op.name}: tuning overrides for {impl.name!r} are active but it cannot run "
+                f"these inputs with them: {'; '.join(why)}")
         reasons.append(f"{impl.name}: {'; '.join(why)}")
     raise NoImplementationError(
         f"no implementation of {op.name!r} fits these inputs — " + " | ".join(reasons))
@@ -331,8 +365,7 @@ def call(op: AttentionOp, implementation: str | Sequence[str] | None, *args, **k
     """Runs `op` on the implementation `select` picks: `fn(*args, **kwargs)`, plus `config=`
     for tunable implementations."""
     impl, config = select(op, implementation, *args, **kwargs)
-    log = _LOG.get()
-    if log is not None:
+    for log in _LOGS.get():
         log.append(Dispatch(op.name, impl.name, config))
     if impl.tunable is None:
         return impl.fn(*args, **kwargs)

@@ -6,7 +6,11 @@ linen module class) and `PRESETS` (named size presets, dicts of `Model` fields).
     model = lla.models.build("dit", preset="S", resolution=256, attention="llsa")
 
 The training loop builds models through `build` from `config.model`; it never imports a
-family module itself. A new family is a new module here: nothing else to edit.
+family module itself. A new family is a new module here: nothing else to edit. What the loop
+asks of a `Model` besides being a linen module: a `tokens_per_example` property (throughput
+metrics); the objective it is trained with names the rest (e.g. flow matching calls
+`apply(params, images, timesteps, labels, train=..., rngs=...)` and reads the fields
+`resolution`, `channels`, `num_classes`, which it also fills from the data).
 """
 
 from __future__ import annotations

@@ -87,6 +87,7 @@ class DiT(nn.Module):
       label_dropout: probability of dropping a label in training (rng "label_dropout").
       attention, attention_kwargs: a registered op name and its static keyword arguments;
         the token order and spatial arguments come from the op (`token_order.for_op`).
+      raster_order: feed raster-order tokens even to hierarchical ops (an ablation).
       dtype: compute dtype (parameters stay float32).
     """
 
@@ -101,6 +102,7 @@ class DiT(nn.Module):
     label_dropout: float = 0.1
     attention: str = "dense"
     attention_kwargs: Mapping[str, Any] | None = None
+    raster_order: bool = False
     rope_theta: float = 10000.0
     dtype: jnp.dtype = jnp.float32
 
@@ -115,11 +117,12 @@ class DiT(nn.Module):
 
     def token_order(self) -> token_order.TokenOrder:
         """How the (H / p) x (W / p) tokens are fed to the attention op."""
-        return token_order.for_op(self.attention, (self.grid, self.grid))
+        return token_order.for_op(self.attention, (self.grid, self.grid),
+                                  natural_order=self.raster_order)
 
-    def op_kwargs(self) -> dict[str, Any]:
+    def op_kwargs(self, order: token_order.TokenOrder | None = None) -> dict[str, Any]:
         """The attention op's keyword arguments, spatial ones from the token order."""
-        return self.token_order().op_arguments(self.attention_kwargs)
+        return (order or self.token_order()).op_arguments(self.attention_kwargs)
 
     @nn.compact
     def __call__(self, images: jax.Array, timesteps: jax.Array,
@@ -136,7 +139,7 @@ class DiT(nn.Module):
             condition = condition + LabelEmbedder(
                 self.num_classes, self.width, self.label_dropout, dtype=self.dtype,
                 name="labels")(labels, train=train)
-        op_kwargs = order.op_arguments(self.attention_kwargs)
+        op_kwargs = self.op_kwargs(order)
         for index in range(self.depth):
             x = DiTBlock(self.width, self.num_heads, self.attention, op_kwargs,
                          self.mlp_ratio, dtype=self.dtype, name=f"block{index}")(

@@ -31,6 +31,30 @@ def _plain(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
     return config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
 
 
+def upgrade_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A config in the layout of this version; configs saved before models and objectives
+    were chosen by name (pixel DiT runs: top-level `resolution`, `noise_scale`, `sampling`,
+    `sample_every`, `model.class_conditional`) are moved into `data.kwargs`, `objective`,
+    `eval_every` and `model.name`. Configs already in this layout come back unchanged."""
+    if "objective" in config:
+        return config
+    old = config.to_dict()
+    new = {key: value for key, value in old.items()
+           if key not in ("resolution", "noise_scale", "sampling", "sample_every")}
+    new["eval_every"] = old.get("sample_every", 0)
+    new["data"] = {**old["data"], "kwargs": {**old["data"].get("kwargs", {}),
+                                            "resolution": old["resolution"]}}
+    model = dict(old["model"])
+    sampling = old.get("sampling", {})
+    new["objective"] = {"name": "flow_matching", "noise_scale": old.get("noise_scale", 0.0),
+                        "class_conditional": model.pop("class_conditional", False),
+                        "sample_count": sampling.get("count", 16),
+                        "sample_steps": sampling.get("steps", 20),
+                        "guidance_scale": sampling.get("guidance_scale", 1.0)}
+    new["model"] = {"name": "dit", **model}
+    return ml_collections.ConfigDict(new)
+
+
 def model_fields(model_config) -> dict[str, Any]:
     """`config.model` as `lla.models.build` arguments (dtype names become dtypes)."""
     fields = _plain(model_config)
@@ -49,9 +73,16 @@ class Experiment:
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> Experiment:
+        """Builds everything `config` names (older config layouts are upgraded first)."""
+        config = upgrade_config(config)
         source = data.get_source(config.data.name, **_plain(config.data.kwargs))
         objective = objectives.build(**_plain(config.objective))
-        model = models.build(**model_fields(config.model), **objective.model_fields(source))
+        fields, from_data = model_fields(config.model), objective.model_fields(source)
+        clash = sorted(set(fields) & set(from_data))
+        if clash:
+            raise ValueError(f"config.model sets {clash}, which the objective takes from the "
+                             f"data ({from_data}); remove them from config.model")
+        model = models.build(**fields, **from_data)
         optimizer = optim.make_optimizer(**_plain(config.optimizer))
         return cls(config, source, objective, model, optimizer)
 

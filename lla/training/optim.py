@@ -1,4 +1,4 @@
-"""Optimizer and EMA of the diffusion recipe (`papers/llsa.md` §3.2)."""
+"""Optimizer and parameter EMA of the training loop (the recipe of `papers/llsa.md` §3.2)."""
 
 from __future__ import annotations
 

@@ -35,6 +35,6 @@ def make_train_step(model: nn.Module, objective: Objective,
         ema_params = update_ema(state.ema_params, params, ema_decay(state.step, **ema))
         new_state = state.replace(step=state.step + 1, params=params, ema_params=ema_params,
                                   opt_state=opt_state)
-        return new_state, {"loss": loss, **metrics, "grad_norm": optax.global_norm(grads)}
+        return new_state, {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
 
     return step

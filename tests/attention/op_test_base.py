@@ -8,8 +8,9 @@ Subclass `AttentionOpTestBase` once per (op, implementation) and set:
   shapes           (B, Nq, Nk, H, Hkv, D) cases; odd and non-power-of-two sizes by default
   boundary_shape   a case on which the implementation's config (default or `tuning`) runs
                    several chunks / tiles along its loops, the last ones partial where the
-                   op allows; `crossed_boundaries` names what it crosses, and every name
-                   must hold. Required: a new implementation has to say how it is covered.
+                   op allows; `crossed_boundaries` names what it crosses (required for
+                   tunable implementations), and every name must hold. Required: a new
+                   implementation has to say how it is covered.
   dtypes           dtypes the implementation takes (low precision compared at looser bounds)
 and override `reference(q, k, v, **kwargs)`: the oracle, computed in float32 at
 Precision.HIGHEST. Feature tests (causal, segment_ids, GQA, backward) follow the op's
@@ -72,6 +73,7 @@ class AttentionOpTestBase:
     )
     boundary_shape: tuple | None = None
     dtypes = (jnp.float32, jnp.bfloat16)
+    grad_bounds: dict = {}  # noqa: RUF012 - per-dtype overrides of GRAD_BOUND, with the reason
     deterministic_backward = True  # False only for vendor kernels that reduce with atomics
 
     # ---- hooks -------------------------------------------------------------------------
@@ -79,10 +81,15 @@ class AttentionOpTestBase:
         """The oracle for `op(q, k, v, **kwargs)`; inputs arrive as float32."""
         raise NotImplementedError
 
+    def random_inputs(self, shape, dtype):
+        """q, k, v of the suite's checks (default: `random_qkv`)."""
+        return random_qkv(shape, dtype)
+
     def crossed_boundaries(self, config, shape) -> dict[str, bool]:
-        """{what: whether `boundary_shape` crosses it} for the implementation's `config`
-        (None for implementations without tuning knobs), e.g. {"several key chunks":
-        N > config.chunk_k}."""
+        """{what: whether `boundary_shape` crosses it} for the implementation's `config`,
+        e.g. {"several key chunks": N > config.chunk_k}. Required (non-empty) for tunable
+        implementations; others (vendor kernels, `config` None) may return {}, and then
+        only the size of `boundary_shape` says what it covers."""
         return {}
 
     @property
@@ -113,7 +120,7 @@ class AttentionOpTestBase:
                                   v.astype(jnp.float32), **kwargs)
 
     def check_forward_and_vjp(self, shape, dtype=jnp.float32, **kwargs):
-        q, k, v = random_qkv(shape, dtype)
+        q, k, v = self.random_inputs(shape, dtype)
         out = self.call(q, k, v, **kwargs)
         expected = self.oracle(q, k, v, **kwargs)
         assert out.shape == (*q.shape[:3], v.shape[3])
@@ -130,7 +137,8 @@ class AttentionOpTestBase:
                                                 strict=True):
             assert grad.shape == x.shape and grad.dtype == x.dtype, name
             error = relative_error(grad, expected_grad)
-            assert error < GRAD_BOUND[dtype], f"d{name} relative error {error:.2e}"
+            bound = self.grad_bounds.get(dtype, GRAD_BOUND[dtype])
+            assert error < bound, f"d{name} relative error {error:.2e}"
 
     @property
     def dtype(self):
@@ -165,7 +173,11 @@ class AttentionOpTestBase:
         q, k, v = random_qkv(self.boundary_shape, self.dtype)
         with attention.dispatch_log() as log:
             jax.eval_shape(self.call, q, k, v)
-        crossed = self.crossed_boundaries(log[-1].config, self.boundary_shape)
+        config = log[-1].config
+        crossed = self.crossed_boundaries(config, self.boundary_shape)
+        assert crossed or config is None, (
+            f"{type(self).__name__}: {log[-1].implementation} has a tuning config; override "
+            f"crossed_boundaries to say which of its loops boundary_shape runs more than once")
         assert all(crossed.values()), f"boundary_shape does not cross: {crossed}"
         self.check_forward_and_vjp(self.boundary_shape, self.dtype)
         if self.capabilities.causal and self.boundary_shape[1] == self.boundary_shape[2]:

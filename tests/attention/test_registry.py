@@ -7,10 +7,12 @@ import dataclasses
 import inspect
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import lla.attention as attention
+from lla.attention import registry
 from tests.attention.op_test_base import random_qkv
 
 
@@ -156,3 +158,89 @@ def test_dispatch_log_records_the_dispatched_implementation():
         q, k, v)
     attention.dot_product_attention(q, k, v)
     assert len(log) == 2
+
+
+def neighborhood_kernel(*x):
+    return attention.neighborhood(*x, spatial_shape=(8, 8), kernel_size=3,
+                                  implementation="pallas_gpu", interpret=True)
+
+
+def test_tuning_applies_to_jitted_functions_wherever_they_were_traced():
+    """Overrides are part of jit's cache key: a function jitted (and called) outside a block
+    runs with the overrides inside it, and one traced inside runs with defaults outside."""
+    q, k, v = random_qkv((1, 64, 64, 2, 2, 16))
+    run = jax.jit(neighborhood_kernel)
+    with attention.dispatch_log() as log:
+        run(q, k, v)
+        with attention.tuning("neighborhood", "pallas_gpu", q_tile=(2, 4)):
+            run(q, k, v)
+            run(q, k, v)  # cached: no new dispatch
+        run(q, k, v)  # back to the default's cache entry
+    assert [d.config.q_tile for d in log] == [(8, 8), (2, 4)]
+    traced_inside = jax.jit(lambda *x: neighborhood_kernel(*x))  # a new function: own cache
+    with attention.tuning("neighborhood", "pallas_gpu", q_tile=(4, 2)):
+        traced_inside(q, k, v)
+    with attention.dispatch_log() as log:
+        traced_inside(q, k, v)
+    assert [d.config.q_tile for d in log] == [(8, 8)]
+
+
+def test_tuning_values_are_checked_and_made_hashable():
+    q, k, v = random_qkv((1, 64, 64, 2, 2, 16))
+    with attention.tuning("neighborhood", "pallas_gpu", q_tile=np.array([2, 4]),
+                          num_warps=np.int64(2)), attention.dispatch_log() as log:
+        jax.eval_shape(neighborhood_kernel, q, k, v)
+    assert (log[0].config.q_tile, log[0].config.num_warps) == ((2, 4), 2)
+    for value in (0, -1, 2.0, True, "8", (4, 0)):
+        with pytest.raises(ValueError, match="must be a positive int or a sequence"), \
+                attention.tuning("neighborhood", "pallas_gpu", q_tile=value):
+            pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Blocks:
+    block: int = 4
+
+
+def blocked_op() -> attention.AttentionOp:
+    """An unregistered op whose tunable "fast" implementation needs N divisible by `block`."""
+    def reasons(q, k, v, *, config):
+        return [] if q.shape[1] % config.block == 0 else [
+            f"N={q.shape[1]} is not a multiple of block {config.block}"]
+
+    fast = attention.Implementation(
+        "fast", lambda q, k, v, *, config: q, reasons,
+        tunable=attention.Tunable(lambda *args, **kwargs: Blocks(), ("block",)))
+    return attention.AttentionOp(
+        name="blocked", fn=None, summary="test",
+        implementations=[fast, attention.Implementation("xla", lambda q, k, v: v)])
+
+
+def test_an_implementation_with_overrides_is_not_skipped_silently():
+    """Without overrides dispatch moves on to the next implementation; with overrides active
+    an implementation that targets this platform but cannot run the inputs raises."""
+    op = blocked_op()
+    q, k, v = (jnp.full((1, 6, 1, 4), float(i)) for i in range(3))
+    assert registry.call(op, None, q, k, v) is v
+    with attention.tuning(op, "fast", block=3):
+        assert registry.call(op, None, q, k, v) is q
+    with attention.tuning(op, "fast", block=4), pytest.raises(
+            attention.NoImplementationError, match="tuning overrides for 'fast' are active "
+                                                   "but it cannot run these inputs with them: "
+                                                   "N=6 is not a multiple of block 4"):
+        registry.call(op, None, q, k, v)
+
+
+def test_nested_dispatch_logs_both_record():
+    q, k, v = random_qkv((1, 16, 16, 2, 2, 8))
+    with attention.dispatch_log() as outer:
+        attention.dot_product_attention(q, k, v)
+        with attention.dispatch_log() as inner:
+            attention.dot_product_attention(q, k, v)
+    assert (len(outer), len(inner)) == (2, 1)
+
+
+def test_llsa_default_kwargs_are_its_signature_defaults():
+    parameters = inspect.signature(attention.llsa).parameters
+    for key, value in attention.get("llsa").default_kwargs.items():
+        assert parameters[key].default == value

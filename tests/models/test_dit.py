@@ -163,3 +163,15 @@ def test_rejects_ops_that_do_not_take_images():
     with pytest.raises(ValueError, match=f"'{TOY_SEQUENCE}' takes 1-D token grids, not the "
                                          "2-D grid"):
         init(model)
+
+
+def test_raster_order_ablation_feeds_hierarchical_ops_raster_tokens():
+    kwargs = dict(resolution=8, attention="llsa",
+                  attention_kwargs=attention.get("llsa").example_kwargs, **PRESETS["tiny"])
+    zorder, raster = DiT(**kwargs), DiT(**kwargs, raster_order=True)
+    assert zorder.token_order().permutation is not None
+    assert raster.token_order().permutation is None
+    params, images, timesteps, _ = init(zorder)
+    params = perturbed(params)
+    assert not np.allclose(zorder.apply(params, images, timesteps),
+                           raster.apply(params, images, timesteps), atol=1e-4)

@@ -178,13 +178,16 @@ class TokenOrder:
         return merged
 
 
-def for_op(op: str | registry.AttentionOp, grid: Sequence[int]) -> TokenOrder:
+def for_op(op: str | registry.AttentionOp, grid: Sequence[int], *,
+           natural_order: bool = False) -> TokenOrder:
     """The order in which a model feeds the tokens of `grid` to `op`.
 
     Args:
       op: a registered op or its name.
       grid: 1 to 3 positive axis lengths, slowest first, e.g. (height, width) or
         (frames, height, width); N = prod(grid).
+      natural_order: feed "hierarchy" ops the natural (raster) order anyway: an ablation
+        (LLSA then pools 1 x B strips instead of patches). "grid" ops keep their order.
 
     Raises:
       ValueError: a malformed grid, or a grid rank the op does not take (naming the ranks
@@ -204,7 +207,7 @@ def for_op(op: str | registry.AttentionOp, grid: Sequence[int]) -> TokenOrder:
             f"token grids, not the {len(grid)}-D grid {grid}")
     if capabilities.token_order == "grid":
         return TokenOrder(grid, None, {"spatial_shape": grid})
-    if capabilities.token_order == "hierarchy" and len(grid) > 1:
+    if capabilities.token_order == "hierarchy" and len(grid) > 1 and not natural_order:
         permutation = zorder_2d(*grid) if len(grid) == 2 else zorder_3d(*grid)
         return TokenOrder(grid, permutation, {})
     return TokenOrder(grid, None, {})

@@ -14,14 +14,14 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from lla.attention.llsa import hierarchy, pallas_config
+from lla.attention.llsa import hierarchy, pallas
 from lla.pallas_kernels.llsa import gpu, metadata, selection
 
-TUNABLE = pallas_config.tunable(gpu)
+TUNABLE = pallas.tunable(gpu)
 
 
 def unsupported_reasons(q, k, v, *, block_size, topk, levels, interpret, config: gpu.Config):
-    return pallas_config.reasons(gpu, "gpu", config, interpret)
+    return pallas.reasons(gpu, "gpu", config, interpret)
 
 
 def prepare(q, k, v, config: gpu.Config):

@@ -13,14 +13,14 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from lla.attention.llsa import hierarchy, pallas_config
+from lla.attention.llsa import hierarchy, pallas
 from lla.pallas_kernels.llsa import tpu
 
-TUNABLE = pallas_config.tunable(tpu)
+TUNABLE = pallas.tunable(tpu)
 
 
 def unsupported_reasons(q, k, v, *, block_size, topk, levels, interpret, config: tpu.Config):
-    return pallas_config.reasons(tpu, "tpu", config, interpret)
+    return pallas.reasons(tpu, "tpu", config, interpret)
 
 
 def _rows(x: jax.Array) -> jax.Array:

@@ -28,6 +28,7 @@ take a 128-lane tile per 8 rows in VMEM (and likely in HBM).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -41,6 +42,7 @@ from lla.pallas_kernels.neighborhood.tiling import Plan, TileLists, Tiles
 from lla.pallas_kernels.online_softmax import LOG2E
 
 
+@dataclasses.dataclass(frozen=True)
 class Config(Tiles):
     """Tiles of one call (untuned: the GPU defaults); `tuning("neighborhood", "pallas_tpu",
     ...)` overrides them."""

@@ -61,7 +61,8 @@ class TestDenseCudnn(AttentionOpTestBase):
         return jax_nn_reference(q, k, v, **kwargs)
 
     def test_segment_ids(self):
-        pytest.skip("cudnn rejects segment_ids (checked in test_cudnn_reasons)")
+        pytest.skip("cudnn rejects segment_ids (see test_dispatch_error_lists_every_"
+                    "implementation)")
 
     test_causal_with_segment_ids = test_segment_ids
 
@@ -131,6 +132,9 @@ def test_dispatch_error_lists_every_implementation():
     with pytest.raises(attention.NoImplementationError) as error:
         attention.dot_product_attention(q, k, v, implementation="cudnn", return_residuals=True)
     assert "return_residuals not supported" in str(error.value)
+    with pytest.raises(attention.NoImplementationError, match="segment_ids not supported"):
+        attention.dot_product_attention(q, k, v, implementation="cudnn",
+                                        segment_ids=jnp.zeros((1, 8), jnp.int32))
     if not ON_GPU:
         with pytest.raises(attention.NoImplementationError,
                            match=r"cudnn: needs a CUDA GPU.*float32 not supported"):

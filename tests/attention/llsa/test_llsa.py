@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import pytest
 
 import lla.attention as attention
+from lla.attention.llsa.hierarchy import default_levels
+from tests.attention.llsa.inputs import with_level_structure
 from tests.attention.op_test_base import AttentionOpTestBase, random_qkv, relative_error
 
 ON_GPU = jax.default_backend() == "gpu"
@@ -22,6 +24,15 @@ class LlsaTestBase(AttentionOpTestBase):
     def reference(self, q, k, v, **kwargs):
         static = {key: value for key, value in self.kwargs.items() if key != "interpret"}
         return attention.llsa(q, k, v, implementation="xla", **static, **kwargs)
+
+    def random_inputs(self, shape, dtype):
+        """Level-structured inputs: the bf16 kernels and the f32 reference then select the
+        same blocks (unit-normal inputs at 32768 tokens flip near-ties: dq error 2.1e-2)."""
+        q, k, v = random_qkv(shape)
+        block_size = self.kwargs["block_size"]
+        levels = self.kwargs.get("levels") or default_levels(shape[1], block_size)
+        return tuple(x.astype(dtype) for x in with_level_structure((q, k, v), block_size,
+                                                                   levels))
 
     def crossed_boundaries(self, config, shape):
         """The loops of the GPU kernels that `shape` runs more than once (`gpu.Config`)."""
@@ -118,6 +129,12 @@ class TestLlsaPallasGpu(LlsaTestBase):
     shapes = ((1, 4096, 4096, 2, 2, 64), (2, 8192, 8192, 3, 3, 64), (1, 4096, 4096, 4, 2, 64))
     boundary_shape = (1, 32768, 32768, 2, 1, 64)  # 128 coarsest tokens: two coarsest tiles
     dtypes = (jnp.bfloat16,)
+    # dQ of the bf16 kernels loses accuracy as the coarsest level grows (measured on an H200
+    # against the f32 reference: 2.5e-3 at N = 4096, 1.4e-2 unit-normal and 1.9e-2 level-
+    # structured at N = 32768, GQA 2:1; dK, dV 3e-3 throughout; dense cuDNN 2.4e-3 at both):
+    # the coarsest tokens (weight B^L) dominate the softmax with near-equal probabilities
+    # over similar keys, so dS = P (dP - delta) cancels and its bf16 rounding shows in dQ.
+    grad_bounds = {jnp.bfloat16: 3e-2}  # noqa: RUF012
 
 
 def test_pallas_gpu_reasons_on_cpu():
@@ -131,5 +148,6 @@ def test_pallas_gpu_reasons_on_cpu():
     if jax.default_backend() != "tpu":
         with pytest.raises(attention.NoImplementationError, match="pallas_tpu: needs a TPU"):
             attention.llsa(q, k, v, block_size=4, topk=2, implementation="pallas_tpu")
-    default = attention.llsa(q, k, v, block_size=4, topk=2)  # falls back to "xla" on CPU
-    assert default.shape == q.shape
+    with attention.dispatch_log() as log:  # the kernels decline these inputs: "xla" runs
+        assert attention.llsa(q, k, v, block_size=4, topk=2).shape == q.shape
+    assert [d.implementation for d in log] == ["xla"]

@@ -1,6 +1,6 @@
 """LLSA: the brute-force oracle's self checks, and the library's "xla" reference against it.
 
-The oracle (tests/attention/llsa_oracle.py) is written from the spec (shared/papers/llsa.md
+The oracle (tests/attention/llsa/oracle.py) is written from the spec (shared/papers/llsa.md
 §1.2–1.7): numpy selection with explicit loops, then one dense softmax over all tokens of
 every level with -inf / log(weight) biases, differentiated by jax autodiff.
 """
@@ -17,6 +17,7 @@ import pytest
 
 import lla.attention as attention
 from tests.attention.llsa import oracle
+from tests.attention.llsa.inputs import with_level_structure
 from tests.attention.op_test_base import random_qkv, relative_error
 
 BOUND = 1e-5        # float32 relative L2 bound, forward and gradients
@@ -42,21 +43,9 @@ def unit_qkv(batch, tokens, heads, kv_heads, head_dim, seed=0):
 
 
 def structured_qkv(batch, tokens, heads, kv_heads, head_dim, block_size, levels, seed=0):
-    """Unit-normal q, k, v plus a component constant over each level-l block, l = 1..L.
-
-    Without it, pooled tokens at level l are ~b^(-l/2) times smaller than level-0 tokens and
-    coarse selections are decided by noise; with it every level's scores carry signal.
-    """
-    rng = np.random.default_rng(1000 + seed)
-    out = []
-    for x in unit_qkv(batch, tokens, heads, kv_heads, head_dim, seed):
-        x = np.asarray(x)
-        for level in range(1, levels + 1):
-            span = block_size**level
-            coarse = rng.standard_normal((batch, tokens // span, *x.shape[2:]))
-            x = x + 0.7 * np.repeat(coarse, span, axis=1).astype(np.float32)
-        out.append(jnp.asarray(x, jnp.float32))
-    return tuple(out)
+    """`unit_qkv` with `inputs.with_level_structure`: every level's scores carry signal."""
+    return with_level_structure(unit_qkv(batch, tokens, heads, kv_heads, head_dim, seed),
+                                block_size, levels, seed)
 
 
 def oracle_forward_and_vjp(q, k, v, cotangent, **kwargs):

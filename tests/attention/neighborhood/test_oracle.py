@@ -1,7 +1,7 @@
 """Neighborhood attention: the brute-force oracle's self checks, and every implementation
 against it (fixed cases plus a NATTEN-style seeded random sweep).
 
-The oracle (tests/attention/neighborhood_oracle.py) is written from the spec, not the library.
+The oracle (tests/attention/neighborhood/oracle.py) is written from the spec, not the library.
 Sweep size: env var LLA_NEIGHBORHOOD_SWEEP (cases per implementation, default 3).
 """
 

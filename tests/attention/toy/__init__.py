@@ -4,7 +4,8 @@ implementations: "fast" (`jax.nn.dot_product_attention`, float32 only, so dispat
 choice to make) and the "xla" reference.
 
 Two variants with other capabilities serve the model tests: TOY_HIERARCHY (the same math,
-asking for hierarchy-ordered tokens) and TOY_SEQUENCE (1-D sequences only).
+asking for hierarchy-ordered tokens) and TOY_SEQUENCE (1-D sequences only); they share the
+toy's function, so their calls dispatch (and log) as "toy".
 """
 
 from __future__ import annotations

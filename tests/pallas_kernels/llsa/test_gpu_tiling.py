@@ -1,6 +1,6 @@
 """Every tiling of the LLSA kernels computes the same attention and gradients (interpret mode).
 
-The default tiling is held to the reference by tests/attention/test_llsa.py; here other
+The default tiling is held to the reference by tests/attention/llsa/test_llsa.py; here other
 `Config`s (query tiles of several blocks with masked fine tiles, other pick chunks, other
 dK/dV row counts and coarsest splits) are compared with it."""
 
