@@ -7,7 +7,6 @@ default; the run's objective provides the sampler, e.g. flow matching's Euler sa
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import jax
@@ -16,10 +15,12 @@ from absl import app, flags, logging
 
 from lla.data.imaging import image_grid, save_png
 from lla.training import sharding
+from lla.training import workdir as workdirs
 from lla.training.checkpoint import Checkpointer
 from lla.training.experiment import Experiment
 
-flags.DEFINE_string("workdir", None, "a training run's workdir (holds config.json)")
+flags.DEFINE_string("workdir", None, "a training run's workdir (the config in force at the "
+                    "checkpoint's step comes from its config history)")
 flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)")
 flags.DEFINE_integer("count", 16, "number of images")
 flags.DEFINE_integer("steps", 20, "Euler steps")
@@ -35,11 +36,11 @@ def main(argv) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)
     workdir = pathlib.Path(FLAGS.workdir)
-    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
     checkpointer = Checkpointer(workdir)
     step = FLAGS.step or checkpointer.latest_step()
     if step is None:
         raise SystemExit(f"no checkpoint in {workdir / 'checkpoints'}")
+    config = ml_collections.ConfigDict(workdirs.config_at(workdir, step))
     experiment = Experiment.from_config(config)
     if not hasattr(experiment.objective, "sampler"):
         raise SystemExit(f"objective {config.objective.name!r} of {workdir} does not sample "

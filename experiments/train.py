@@ -4,35 +4,60 @@ r"""Trains a model described by a config file.
     python -m experiments.train --config=configs/llsa_pixel.py:res=64,attention=dense \
         --config.total_steps=2000
 
-Writes checkpoints, metrics.jsonl, TensorBoard events and sample grids to --workdir
-(default `workdirs/<config file name>`), and resumes from it when run again.
+Writes checkpoints, metrics.jsonl, TensorBoard events, the config history and sample grids to
+--workdir (default `workdirs/<config file name>`), and resumes from it when run again
+(`lla.training.loop` says what is checked). --restore_step=N resumes from checkpoint N,
+--restart starts over (the earlier run is moved to <workdir>/previous/, not deleted),
+--allow_config_change resumes although the model or data setup changed. SIGTERM / SIGINT save
+a checkpoint and exit with 143 / 130; errors exit with 1 and one message, no traceback.
 """
 
 from __future__ import annotations
 
 import pathlib
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lla.training.loop import train
+from lla.training.checkpoint import CheckpointError
+from lla.training.loop import Preempted, train
+from lla.training.workdir import WorkdirLockedError
 
 config_flags.DEFINE_config_file("config", None, "config file, optionally file.py:arg",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "where checkpoints, metrics and samples go "
                     "(default: workdirs/<config name>)")
+flags.DEFINE_integer("restore_step", None, "resume from this checkpoint (default: the newest "
+                     "that loads); later checkpoints are moved aside")
+flags.DEFINE_bool("restart", False, "start from step 0: move the earlier run's outputs to "
+                  "<workdir>/previous/<time>/")
+flags.DEFINE_bool("allow_config_change", False, "resume even though the model, data or "
+                  "objective setup differs from the run in the workdir")
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
+EXIT_CODES = {"SIGTERM": 128 + 15, "SIGINT": 128 + 2}
 
 
-def main(argv) -> None:
+def main(argv) -> int:
     del argv
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     config_path = flags.FLAGS["config"].config_filename
     workdir = FLAGS.workdir or pathlib.Path("workdirs") / pathlib.Path(
         config_path.split(":")[0]).stem
     print(f"workdir: {workdir}")
-    train(FLAGS.config, workdir)
+    try:
+        train(FLAGS.config, workdir, restore_step=FLAGS.restore_step, restart=FLAGS.restart,
+              allow_config_change=FLAGS.allow_config_change)
+    except Preempted as stopped:
+        print(stopped, flush=True)
+        return EXIT_CODES[stopped.signal]
+    except (ValueError, FileNotFoundError, NotADirectoryError, KeyError, WorkdirLockedError,
+            CheckpointError, FloatingPointError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -335,8 +335,12 @@ def select(
         candidates = list(op.implementations)
     elif isinstance(implementation, str):
         candidates = [implementation]
-    else:
+    elif isinstance(implementation, Sequence) and all(
+            isinstance(name, str) for name in implementation):
         candidates = list(implementation)
+    else:
+        raise ValueError(f"{op.name}: implementation must be None, a name or a sequence of "
+                         f"names from {list(op.implementations)}; got {implementation!r}")
     if not candidates:
         raise ValueError(f"{op.name}: empty implementation list; choose from "
                          f"{list(op.implementations)} (or None for the best available)")

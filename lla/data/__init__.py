@@ -7,8 +7,9 @@ name, through `get_source(name, **kwargs)`:
   "procedural"     `ProceduralShapes(resolution=64, channels=3)`: 10 classes of coloured
                    shapes, infinite, no files (the default); judge samples with
                    `shape_statistics`.
-  "image_folder"   `ImageFolder(path, resolution, channels=3, verify=True)`: any image files
-                   below `path` (e.g. FFHQ); subfolder = class.
+  "image_folder"   `ImageFolder(path, resolution, channels=3, verify=True, on_error="skip")`:
+                   any image files below `path` (required; e.g. FFHQ); subfolder = class;
+                   images that fail to decode are skipped with a counted warning.
   "fashion_mnist"  `fashion_mnist(directory="data/fashion-mnist", split="train",
                    resolution=32, channels=3)`: local IDX files, fetched once with
                    `bash scripts/fetch_fashion_mnist.sh`.

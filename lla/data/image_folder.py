@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -28,14 +29,21 @@ class ImageFolder:
     With `verify` (the default) every file is opened and checked by `PIL.Image.verify` once, on
     threads; unreadable ones are dropped with one warning giving their count and first names.
     It reads each file's header (PNG: its chunks), not the pixels. A file that still fails to
-    decode later raises ValueError naming it.
+    decode later (e.g. a truncated JPEG) is, with `on_error="skip"` (the default), skipped with
+    a warning that counts such files: its examples read the next decodable image instead
+    (deterministic, so resumes stay exact); with `on_error="raise"` it raises ValueError.
 
     Shapes: `example` -> (uint8 `[resolution, resolution, channels]`, label).
     """
 
-    def __init__(self, path: str | os.PathLike, resolution: int, channels: int = 3, *,
-                 verify: bool = True):
+    def __init__(self, path: str | os.PathLike = "", resolution: int = 64, channels: int = 3,
+                 *, verify: bool = True, on_error: str = "skip"):
         check_geometry(resolution, channels)
+        if not str(path).strip():
+            raise ValueError("image_folder needs a path: set it with --config.data.kwargs.path="
+                             "/path/to/images (a folder searched recursively for images)")
+        if on_error not in ("skip", "raise"):
+            raise ValueError(f"on_error must be 'skip' or 'raise'; got {on_error!r}")
         root = pathlib.Path(path).expanduser()
         if not root.exists():
             raise FileNotFoundError(f"image folder {str(path)!r} does not exist")
@@ -58,8 +66,36 @@ class ImageFolder:
         self.num_classes = len(self.class_names)
         self.resolution = resolution
         self.channels = channels
+        self.on_error = on_error
+        self.undecodable: dict[int, str] = {}  # file index -> why it failed
+        self._undecodable_lock = threading.Lock()
 
     def example(self, index: int) -> tuple[np.ndarray, int]:
+        for offset in range(self.num_examples):
+            candidate = (index + offset) % self.num_examples
+            if candidate in self.undecodable:
+                continue
+            try:
+                return self.decode(candidate)
+            except ValueError as error:
+                if self.on_error == "raise":
+                    raise
+                self._skip(candidate, error)
+        raise ValueError(f"no image in {str(self.root)!r} can be decoded "
+                         f"({len(self.undecodable)} tried)")
+
+    def _skip(self, index: int, error: ValueError) -> None:
+        with self._undecodable_lock:
+            if index in self.undecodable:
+                return
+            self.undecodable[index] = str(error)
+            count = len(self.undecodable)
+        warnings.warn(f"{error}; skipped ({count} of {self.num_examples} images undecodable so "
+                      f"far; its examples read the next image; on_error='raise' stops "
+                      f"instead)", stacklevel=2)
+
+    def decode(self, index: int) -> tuple[np.ndarray, int]:
+        """(image, label) of file `index`; ValueError naming the file if it does not decode."""
         path = self.root / self.files[index]
         try:
             with Image.open(path) as image:

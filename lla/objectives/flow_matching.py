@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -110,6 +110,9 @@ class Objective:
       sample_count, sample_steps, guidance_scale: the periodic sample grid: number of
         images, Euler steps, classifier-free guidance (1 = none).
     """
+
+    # Fields a resumed run may not change (they change the model's parameters).
+    STRUCTURAL_FIELDS: ClassVar[tuple[str, ...]] = ("class_conditional",)
 
     noise_scale: float = 0.0
     class_conditional: bool = False

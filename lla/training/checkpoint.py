@@ -1,25 +1,90 @@
-"""Orbax checkpoints of the train state: atomic, keep-N, resumable.
+"""Orbax checkpoints of the train state: atomic, keep-N, resumable, and robust to damage.
 
 Layout: `<workdir>/checkpoints/<step>/{state,meta}`; Orbax writes each step to a temporary
 directory and renames it when complete, so a run killed mid-save leaves the previous
 checkpoint intact and the partial one is ignored on restart.
+
+`restore_latest` restores the newest checkpoint that loads. One that does not (a truncated
+data file, a missing `_METADATA`, an emptied manifest) is moved to
+`<workdir>/damaged_checkpoints/<step>` with a one-paragraph warning, and the next older one
+is tried; storage errors are summarised in one line, never dumped. A checkpoint whose arrays
+do not have the shapes of the state to restore (a changed model) raises
+`CheckpointMismatchError` naming the first differences; it is not damaged and stays in place.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import pathlib
+import warnings
 
 import jax
 import orbax.checkpoint as ocp
+
+from lla.training.workdir import previous_folder
+
+QUIET_LOGGERS = ("asyncio", "absl", "orbax")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that was asked for by step cannot be restored."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint holds arrays of other names or shapes than the state to restore."""
+
+
+def summary(error: BaseException, limit: int = 240) -> str:
+    """`Type: first line of the message`, at most `limit` characters."""
+    lines = str(error).strip().splitlines()
+    text = f"{type(error).__name__}: {lines[0] if lines else ''}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+@contextlib.contextmanager
+def _quiet_storage_logs():
+    """Orbax and TensorStore log every failed read of a damaged checkpoint (thousands of
+    lines); the exception says enough."""
+    loggers = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _key_name(entry) -> str:
+    for attribute in ("key", "name", "idx"):
+        if hasattr(entry, attribute):
+            return str(getattr(entry, attribute))
+    return str(entry)
+
+
+def _shapes(tree) -> dict[str, tuple]:
+    """{"params.block0.attention.key.kernel": (shape, dtype)} of the array leaves."""
+    return {".".join(_key_name(entry) for entry in path): (tuple(leaf.shape), str(leaf.dtype))
+            for path, leaf in jax.tree.leaves_with_path(tree)}
 
 
 class Checkpointer:
     """Saves and restores (state, meta) pairs; meta is a small JSON dict (e.g. data step)."""
 
-    def __init__(self, workdir: str | pathlib.Path, *, keep: int = 3):
-        directory = pathlib.Path(workdir).absolute() / "checkpoints"
+    def __init__(self, workdir: str | os.PathLike, *, keep: int = 3):
+        self.workdir = pathlib.Path(workdir).absolute()
+        self.directory = self.workdir / "checkpoints"
         self._manager = ocp.CheckpointManager(
-            directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            item_handlers={"state": ocp.StandardCheckpointHandler(),
+                           "meta": ocp.JsonCheckpointHandler()})
+
+    def steps(self) -> list[int]:
+        """The complete checkpoints' steps, ascending."""
+        return sorted(self._manager.all_steps())
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -29,12 +94,99 @@ class Checkpointer:
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
 
     def restore(self, step: int, like):
-        """(state shaped and sharded like `like`, meta) of checkpoint `step`."""
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        """(state shaped and sharded like `like`, meta) of checkpoint `step`.
+
+        Raises:
+          CheckpointMismatchError: its arrays differ in names or shapes from `like`.
+          CheckpointError: it cannot be read (damaged); the message is one line.
+        """
+        with _quiet_storage_logs():
+            self._check_shapes(step, like)
+            abstract = jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
+            try:
+                restored = self._manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+            except Exception as error:  # storage errors come in many types
+                raise CheckpointError(f"checkpoint {step} cannot be read ({summary(error)})"
+                                      ) from None
         return restored.state, restored.meta
+
+    def _check_shapes(self, step: int, like) -> None:
+        try:
+            saved = self._manager.item_metadata(step)["state"]
+        except Exception as error:
+            raise CheckpointError(f"checkpoint {step} has unreadable metadata "
+                                  f"({summary(error)})") from None
+        if saved is None:
+            raise CheckpointError(f"checkpoint {step} has no readable array metadata "
+                                  f"(state/_METADATA missing?)")
+        saved, wanted = _shapes(saved), _shapes(like)
+        if saved == wanted:
+            return
+        differences = [f"{name}: saved {saved.get(name, 'absent')}, wanted "
+                       f"{wanted.get(name, 'absent')}"
+                       for name in sorted(set(saved) | set(wanted))
+                       if saved.get(name) != wanted.get(name)]
+        raise CheckpointMismatchError(
+            f"checkpoint {step} holds another model's state ({len(differences)} arrays "
+            f"differ; first: {'; '.join(differences[:3])})")
+
+    def restore_latest(self, like, *, step: int | None = None):
+        """(step, state, meta) of the newest checkpoint that restores, or of exactly `step`;
+        None when there is none.
+
+        Damaged checkpoints met on the way are moved aside (see the module docstring) with a
+        warning each; an explicit `step` is never replaced by another.
+
+        Raises:
+          CheckpointMismatchError: the newest checkpoint holds another model's state.
+          CheckpointError: `step` is given and missing or unreadable.
+        """
+        steps = self.steps()
+        if step is not None:
+            self.require(step)
+            return (step, *self.restore(step, like))
+        for index in range(len(steps) - 1, -1, -1):
+            try:
+                return (steps[index], *self.restore(steps[index], like))
+            except CheckpointMismatchError:
+                raise
+            except CheckpointError as error:
+                moved = self._move_aside(steps[index])
+                fallback = (f"restoring checkpoint {steps[index - 1]} instead" if index
+                            else "no older checkpoint: starting from step 0")
+                warnings.warn(f"{error}; moved it to {moved} (delete it when you no longer "
+                              f"need it); {fallback}.", stacklevel=2)
+        return None
+
+    def require(self, step: int) -> None:
+        """Raises CheckpointError, listing the steps there are, unless `step` exists."""
+        if step not in self.steps():
+            raise CheckpointError(f"no checkpoint {step} in {self.directory}; checkpoints: "
+                                  f"{self.steps() or 'none'}")
+
+    def move_aside_after(self, step: int) -> pathlib.Path | None:
+        """Moves the checkpoints later than `step` to `<workdir>/previous/<time>/checkpoints/`
+        (a run resumed from `step` would write over them); returns that folder, or None."""
+        later = [s for s in self.steps() if s > step]
+        if not later:
+            return None
+        target = previous_folder(self.workdir) / "checkpoints"
+        target.mkdir()
+        for s in later:
+            os.replace(self.directory / str(s), target / str(s))
+        self._manager.reload()
+        return target
+
+    def _move_aside(self, step: int) -> pathlib.Path:
+        target = self.workdir / "damaged_checkpoints" / str(step)
+        while target.exists():
+            target = target.with_name(target.name + "+")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.directory / str(step), target)
+        self._manager.reload()
+        return target
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are on disk."""

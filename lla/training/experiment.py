@@ -24,7 +24,7 @@ import optax
 from lla import data, models, objectives
 from lla.training import optim, sharding
 from lla.training import state as train_state
-from lla.training.step import make_train_step
+from lla.training.step import NONFINITE, make_train_step
 
 
 def _plain(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
@@ -55,6 +55,22 @@ def upgrade_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     return ml_collections.ConfigDict(new)
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the field and what would work for loop settings no run can
+    use (checked before anything is built or written)."""
+    minimum = {"batch_size": 1, "total_steps": 1, "log_every": 1, "checkpoint_every": 1,
+               "keep_checkpoints": 1, "eval_every": 0, "seed": 0}
+    for name, low in minimum.items():
+        value = config.get(name)
+        if value is None and name == "eval_every":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"config.{name} must be an int >= {low}; got {value!r}")
+    if config.get("nonfinite", "stop") not in NONFINITE:
+        raise ValueError(f"config.nonfinite must be one of {NONFINITE} (stop the run, or skip "
+                         f"the update); got {config.nonfinite!r}")
+
+
 def model_fields(model_config) -> dict[str, Any]:
     """`config.model` as `lla.models.build` arguments (dtype names become dtypes)."""
     fields = _plain(model_config)
@@ -75,6 +91,7 @@ class Experiment:
     def from_config(cls, config: ml_collections.ConfigDict) -> Experiment:
         """Builds everything `config` names (older config layouts are upgraded first)."""
         config = upgrade_config(config)
+        check_config(config)
         source = data.get_source(config.data.name, **_plain(config.data.kwargs))
         objective = objectives.build(**_plain(config.objective))
         fields, from_data = model_fields(config.model), objective.model_fields(source)
@@ -95,7 +112,15 @@ class Experiment:
         """`step(state, batch) -> (state, metrics)` (see `make_train_step`)."""
         return make_train_step(self.model, self.objective, self.optimizer,
                                seed=self.config.seed if seed is None else seed,
-                               ema=_plain(self.config.ema))
+                               ema=_plain(self.config.ema),
+                               nonfinite=self.config.get("nonfinite", "stop"))
+
+    def structural_keys(self) -> tuple[str, ...]:
+        """Config keys (dotted prefixes) a resumed run must not change: they change the
+        model, its data or what it learns, so old weights would not fit or not mean the
+        same (`data`, `model`, the objective's name and its `STRUCTURAL_FIELDS`)."""
+        fields = getattr(self.objective, "STRUCTURAL_FIELDS", ())
+        return ("data", "model", "objective.name", *(f"objective.{f}" for f in fields))
 
     def tokens_per_step(self) -> int:
         return self.config.batch_size * self.model.tokens_per_example

@@ -3,94 +3,237 @@ the config names the data, the objective and the model (`Experiment`); AdamW + E
 parallelism over all devices, Orbax checkpoints with automatic resume, metrics, a progress bar
 and the objective's periodic evaluation (sample grids for generative models).
 
-Resuming: the latest checkpoint in `<workdir>/checkpoints` restores the train state and the
-data position (the batch of global step s is a pure function of (seed, s)), and every
+Resuming: the newest checkpoint of `<workdir>/checkpoints` that loads restores the train state
+and the data position (the batch of global step s is a pure function of (seed, s)), and every
 step's randomness is derived from (seed, step); a run killed and restarted therefore
-continues exactly as an uninterrupted run would.
+continues exactly as an uninterrupted run would. Around that:
+  - everything the config names is built, and the config checked, before the workdir is
+    touched, so a bad config leaves nothing behind;
+  - one trainer per workdir (`workdir.Lock`);
+  - a resume that would change the model, its data or the objective's structure is refused
+    (`ConfigChangedError`) unless allowed; every start is recorded in `config_history.jsonl`;
+  - metrics rows past the restored step are dropped;
+  - SIGTERM and SIGINT save a checkpoint at the next step boundary and end the run
+    (`Preempted`); a second SIGINT stops at once;
+  - a non-finite loss or gradient stops the run before anything non-finite is saved
+    (`NonFiniteLossError`), or with `config.nonfinite = "skip"` skips those updates.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
+import signal
+import threading
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from tqdm import tqdm
 
 from lla import data
 from lla.data.imaging import save_png
 from lla.training import sharding
+from lla.training import workdir as workdirs
 from lla.training.checkpoint import Checkpointer
-from lla.training.experiment import Experiment
+from lla.training.experiment import Experiment, upgrade_config
 from lla.training.metrics import MetricWriter
 
 
-def _save_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
-    path = workdir / "config.json"
-    text = config.to_json_best_effort(indent=1, sort_keys=True)
-    if path.exists() and json.loads(path.read_text()) != json.loads(text):
-        print(f"note: {path} differs from this run's config; the checkpoint's run used it "
-              f"(kept as config.json, this run's saved as config.resumed.json)")
-        path = workdir / "config.resumed.json"
-    path.write_text(text + "\n")
+class ConfigChangedError(ValueError):
+    """The workdir's run was started with another model, data or objective setup."""
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
+class Preempted(RuntimeError):  # noqa: N818 - a requested stop, not a failure
+    """SIGTERM or SIGINT ended the run after saving a checkpoint; `signal` names it."""
+
+    def __init__(self, message: str, signal_name: str):
+        super().__init__(message)
+        self.signal = signal_name
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or gradient norm became NaN or infinite."""
+
+
+def _config_dict(config: ml_collections.ConfigDict) -> dict:
+    return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def _check_resume_config(workdir: pathlib.Path, config: dict, keys: tuple[str, ...],
+                         allow: bool) -> None:
+    starts = workdirs.history(workdir)
+    if not starts:
+        return
+    previous = upgrade_config(ml_collections.ConfigDict(starts[-1]["config"])).to_dict()
+    changed = workdirs.changed_keys(previous, config, keys)
+    if not changed:
+        return
+    listing = "\n  ".join(changed)
+    if allow:
+        print(f"note: resuming {workdir} with a changed setup (--allow_config_change):\n  "
+              f"{listing}")
+        return
+    raise ConfigChangedError(
+        f"{workdir} holds a run started with another model, data or objective setup (at step "
+        f"{starts[-1]['start_step']}); these keys differ:\n  {listing}\nIts weights would "
+        f"continue under the new setup. Train in a new --workdir, start over here with "
+        f"--restart (the old run is moved to {workdir}/previous/), or resume anyway with "
+        f"--allow_config_change.")
+
+
+class _StopRequests:
+    """Catches SIGTERM and SIGINT (main thread only) so the loop can save and stop at the next
+    step boundary; a second SIGINT raises KeyboardInterrupt at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.received: str | None = None
+        self._previous = {}
+
+    def _handle(self, number, frame) -> None:
+        if self.received == "SIGINT" and number == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(number).name
+        print(f"\nreceived {self.received}: saving a checkpoint at the end of this step",
+              flush=True)
+
+    def __enter__(self) -> _StopRequests:
+        if self.enabled:
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
+          restore_step: int | None = None, restart: bool = False,
+          allow_config_change: bool = False, handle_signals: bool = True):
     """Trains to `config.total_steps`, resuming from `workdir` if it holds checkpoints.
 
-    Returns the final train state.
+    Args:
+      config: the experiment config (see the module docstring of `lla.training.experiment`).
+      workdir: where checkpoints, metrics, evaluations and the config history go.
+      restore_step: resume from exactly this checkpoint (later ones are moved aside to
+        `<workdir>/previous/`); default: the newest that loads.
+      restart: move the outputs of earlier runs to `<workdir>/previous/<time>/` and start
+        from step 0.
+      allow_config_change: resume even if the model, data or objective setup changed.
+      handle_signals: save and stop on SIGTERM / SIGINT (main thread only).
+
+    Returns:
+      The final train state.
+
+    Raises:
+      ValueError: a bad config (before the workdir is created); ConfigChangedError;
+      workdir.WorkdirLockedError; checkpoint.CheckpointMismatchError / CheckpointError; Preempted
+      (after saving); NonFiniteLossError.
     """
+    experiment = Experiment.from_config(config)
+    config = experiment.config
     if config.get("distributed"):
         jax.distributed.initialize()
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    is_chief = jax.process_index() == 0
     mesh = sharding.data_mesh()
     if config.batch_size % mesh.size:
         raise ValueError(f"batch_size {config.batch_size} must be a multiple of the "
                          f"{mesh.size} devices")
-    experiment = Experiment.from_config(config)
-    state = experiment.initial_state(mesh)
-
-    checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
-    start = checkpointer.latest_step() or 0
-    if start:
-        state, meta = checkpointer.restore(start, state)
-        assert meta["data_step"] == start == int(state.step), (meta, start, state.step)
-        print(f"resumed from {workdir}/checkpoints/{start}")
+    state = experiment.initial_state(mesh)  # traces the model: bad attention arguments fail here
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    is_chief = jax.process_index() == 0
+    lock = workdirs.Lock(workdir)
     if is_chief:
-        _save_config(config, workdir)
-    writer = MetricWriter(workdir, enabled=is_chief)
-    step_fn = jax.jit(experiment.train_step(), donate_argnums=0)
-    evaluate = experiment.objective.evaluator(experiment.model, experiment.source)
-    batches = data.batches(experiment.source, batch_size=config.batch_size, seed=config.seed,
-                           start_step=start, process_index=jax.process_index(),
-                           process_count=jax.process_count())
-
-    progress = tqdm(total=config.total_steps, initial=start, disable=not is_chief,
-                    desc="train", unit="step", dynamic_ncols=True)
+        lock.acquire()
+    checkpointer = writer = progress = None
     try:
-        state = _run(state, range(start + 1, config.total_steps + 1), step_fn, batches, mesh,
-                     config, workdir, checkpointer, writer, evaluate, progress,
-                     experiment.tokens_per_step())
+        if restart and is_chief:
+            moved = workdirs.move_aside(workdir)
+            if moved:
+                print(f"--restart: moved the earlier run to {moved}")
+        config_dict = _config_dict(config)
+        _check_resume_config(workdir, config_dict, experiment.structural_keys(),
+                             allow_config_change)
+        checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
+        if restore_step is not None:
+            checkpointer.require(restore_step)
+        if restore_step is not None and is_chief:
+            moved = checkpointer.move_aside_after(restore_step)
+            if moved:
+                print(f"--restore_step={restore_step}: moved the later checkpoints to {moved}")
+        restored = checkpointer.restore_latest(state, step=restore_step)
+        start = 0
+        if restored:
+            start, state, meta = restored
+            assert meta["data_step"] == start == int(state.step), (meta, start, state.step)
+            print(f"resumed from {checkpointer.directory}/{start}")
+        if is_chief:
+            dropped = workdirs.truncate_metrics(workdir, start)
+            if dropped:
+                print(f"dropped {dropped} metrics rows logged after step {start}")
+            workdirs.record_start(workdir, start, config_dict)
+        writer = MetricWriter(workdir, enabled=is_chief)
+        step_fn = jax.jit(experiment.train_step(), donate_argnums=0)
+        evaluate = experiment.objective.evaluator(experiment.model, experiment.source)
+        batches = data.batches(experiment.source, batch_size=config.batch_size,
+                               seed=config.seed, start_step=start,
+                               process_index=jax.process_index(),
+                               process_count=jax.process_count())
+        progress = tqdm(total=config.total_steps, initial=start, disable=not is_chief,
+                        desc="train", unit="step", dynamic_ncols=True)
+        with _StopRequests(handle_signals) as stops:
+            state = _run(state, range(start + 1, config.total_steps + 1), step_fn, batches,
+                         mesh, config, workdir, checkpointer, writer, evaluate, progress,
+                         experiment.tokens_per_step(), stops)
     finally:
-        progress.close()
-        checkpointer.wait()
-        checkpointer.close()
-        writer.close()
+        for closable in (progress, checkpointer, writer):
+            if closable is not None:
+                if closable is checkpointer:
+                    checkpointer.wait()
+                closable.close()
+        lock.release()
     return state
 
 
+@jax.jit
+def _track_nonfinite(first_bad, skipped, step, nonfinite):
+    """(first non-finite step or 0, non-finite steps since the last log), on the device."""
+    bad = nonfinite > 0
+    return jnp.where((first_bad == 0) & bad, step, first_bad), skipped + bad.astype(jnp.int32)
+
+
 def _run(state, steps, step_fn, batches, mesh, config, workdir, checkpointer, writer, evaluate,
-         progress, tokens_per_step):
+         progress, tokens_per_step, stops):
     last_time, last_step = time.perf_counter(), steps.start - 1
+    first_bad, skipped = jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)
+    stop_on_nonfinite = config.get("nonfinite", "stop") == "stop"
+    saved = steps.start - 1
+
+    def check_finite(step):
+        bad = int(first_bad)
+        if stop_on_nonfinite and bad:
+            raise NonFiniteLossError(
+                f"the loss or gradient became non-finite at step {bad} (checked at step "
+                f"{step}); stopped without saving it. The latest checkpoint is step "
+                f"{checkpointer.latest_step() or 'none'}. Lower the learning rate, or set "
+                f"--config.nonfinite=skip to skip such updates.")
+
     for step in steps:
         state, metrics = step_fn(state, sharding.global_batch(next(batches), mesh))
+        first_bad, skipped = _track_nonfinite(first_bad, skipped, step, metrics["nonfinite"])
         progress.update(1)
-        if step % config.log_every == 0 or step == config.total_steps:
-            metrics = {name: float(value) for name, value in metrics.items()}
+        last = step == config.total_steps
+        if step % config.log_every == 0 or last:
+            check_finite(step)
+            metrics = {name: float(value) for name, value in metrics.items()
+                       if name != "nonfinite"}
+            if not stop_on_nonfinite:
+                metrics["skipped_updates"] = float(skipped)
+                skipped = jnp.zeros((), jnp.int32)
             now = time.perf_counter()
             metrics["steps_per_s"] = (step - last_step) / (now - last_time)
             metrics["tokens_per_s"] = metrics["steps_per_s"] * tokens_per_step
@@ -99,10 +242,17 @@ def _run(state, steps, step_fn, batches, mesh, config, workdir, checkpointer, wr
             progress.set_postfix(loss=f"{metrics['loss']:.4f}",
                                  steps_s=f"{metrics['steps_per_s']:.2f}",
                                  tokens_s=f"{metrics['tokens_per_s']:.3g}")
-        if step % config.checkpoint_every == 0 or step == config.total_steps:
+        if step % config.checkpoint_every == 0 or last or stops.received:
+            check_finite(step)
             checkpointer.save(step, state, {"data_step": step})
-        if evaluate and config.eval_every and (step % config.eval_every == 0
-                                               or step == config.total_steps):
+            saved = step
+        if stops.received:
+            checkpointer.wait()
+            raise Preempted(f"{stops.received}: saved checkpoint {saved} in "
+                            f"{checkpointer.directory}; run the same command to resume",
+                            stops.received)
+        if evaluate and config.eval_every and (step % config.eval_every == 0 or last):
+            check_finite(step)
             _evaluate(evaluate, state, step, config, workdir, writer)
     return state
 

@@ -112,18 +112,51 @@ def test_all_files_corrupt(tmp_path):
         ImageFolder(tmp_path, resolution=8)
 
 
-def test_undecodable_file_found_late_is_named_not_crashed_on(tmp_path):
+def truncated_jpeg(path):
     encoded = io.BytesIO()
     noise(64, 64).save(encoded, format="JPEG")
-    (tmp_path / "truncated.jpg").write_bytes(encoded.getvalue()[:-200])  # passes verify()
+    path.write_bytes(encoded.getvalue()[:-200])  # passes verify(), fails to decode
+
+
+def test_undecodable_file_found_late_is_skipped_with_a_counted_warning(tmp_path):
+    """A truncated JPEG passes the header check; its examples read the next image, with one
+    warning naming it, and a batch stream over it never fails."""
+    for name in ("a.png", "c.png"):
+        noise(16, 16).save(tmp_path / name)
+    truncated_jpeg(tmp_path / "b.jpg")
     source = ImageFolder(tmp_path, resolution=8)
+    assert source.num_examples == 3
+    with pytest.warns(UserWarning, match=r"cannot decode image .*b\.jpg.*skipped \(1 of 3 "
+                                         r"images undecodable so far"):
+        image, _ = source.example(1)
+    np.testing.assert_array_equal(image, source.example(2)[0])  # the next image
+    assert list(source.undecodable) == [1]
+    stream = batches(source, batch_size=3, seed=0)
+    for _ in range(4):
+        assert next(stream)["image"].shape == (3, 8, 8, 3)
+
+
+def test_on_error_raise_names_the_file(tmp_path):
+    truncated_jpeg(tmp_path / "truncated.jpg")
+    source = ImageFolder(tmp_path, resolution=8, on_error="raise")
     with pytest.raises(ValueError, match=r"cannot decode image .*truncated\.jpg"):
         list(itertools.islice(batches(source, batch_size=1, seed=0), 1))
 
 
+def test_a_path_is_required(tmp_path):
+    with pytest.raises(ValueError, match=r"image_folder needs a path: set it with "
+                                         r"--config.data.kwargs.path="):
+        ImageFolder("", resolution=8)
+    with pytest.raises(ValueError, match="on_error must be 'skip' or 'raise'"):
+        ImageFolder(tmp_path, resolution=8, on_error="ignore")
+
+
 def test_verify_false_skips_the_check(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"garbage")
-    source = ImageFolder(tmp_path, resolution=8, verify=False)
+    source = ImageFolder(tmp_path, resolution=8, verify=False, on_error="raise")
     assert source.num_examples == 1
     with pytest.raises(ValueError, match=r"cannot decode image .*bad\.png"):
         source.example(0)
+    with pytest.warns(UserWarning, match=r"bad\.png"), pytest.raises(
+            ValueError, match=r"no image in .* can be decoded"):
+        ImageFolder(tmp_path, resolution=8, verify=False).example(0)

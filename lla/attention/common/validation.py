@@ -3,8 +3,12 @@ received and what would work."""
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 SegmentIds = jax.Array | tuple[jax.Array, jax.Array]
 
@@ -68,6 +72,9 @@ def split_segment_ids(
         q_ids = kv_ids = segment_ids
     for name, ids, tokens in (("q_segment_ids", q_ids, q_tokens),
                               ("kv_segment_ids", kv_ids, kv_tokens)):
+        if not isinstance(ids, jax.Array | np.ndarray):
+            raise ValueError(f"{op}: {name} must be an integer array [{batch}, {tokens}]; "
+                             f"got {type(ids).__name__} {ids!r}")
         if tuple(ids.shape) != (batch, tokens):
             raise ValueError(f"{op}: {name} has shape {tuple(ids.shape)}; "
                              f"expected ({batch}, {tokens})")
@@ -77,5 +84,31 @@ def split_segment_ids(
 
 
 def default_scale(head_dim: int, scale: float | None) -> float:
-    """The logit scale: `scale` if given, else 1/sqrt(head_dim)."""
+    """The logit scale: `scale` if given (checked by `check_scale`), else 1/sqrt(head_dim)."""
+    check_scale("attention", scale)
     return float(head_dim) ** -0.5 if scale is None else float(scale)
+
+
+def check_int(op: str, name: str, value, minimum: int) -> int:
+    """`value` as an int if it is an integer (not a bool) >= `minimum`; else ValueError."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral) \
+            or value < minimum:
+        raise ValueError(f"{op}: {name} must be an int >= {minimum}; got {value!r}")
+    return int(value)
+
+
+def check_flag(op: str, name: str, value) -> bool:
+    """`value` if it is a bool (numpy bools too); else ValueError."""
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(f"{op}: {name} must be True or False; got {value!r}")
+    return bool(value)
+
+
+def check_scale(op: str, scale) -> None:
+    """None or a finite positive number; else ValueError."""
+    if scale is None:
+        return
+    if isinstance(scale, bool | np.bool_) or not isinstance(scale, numbers.Real) \
+            or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"{op}: scale must be a finite positive number or None (for "
+                         f"1/sqrt(head_dim)); got {scale!r}")

@@ -17,7 +17,9 @@ import jax
 from lla.attention import registry
 from lla.attention.common.validation import (
     SegmentIds,
+    check_flag,
     check_qkv,
+    check_scale,
     default_scale,
     split_segment_ids,
 )
@@ -58,6 +60,9 @@ def dot_product_attention(
       NoImplementationError: no requested implementation supports the inputs.
     """
     check_qkv("dense", q, k, v)
+    causal = check_flag("dense", "causal", causal)
+    return_residuals = check_flag("dense", "return_residuals", return_residuals)
+    check_scale("dense", scale)
     segments = split_segment_ids("dense", segment_ids, q, k)
     scale = default_scale(q.shape[-1], scale)
     static = dict(causal=causal, segments=segments, scale=scale,

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import jax
 
 from lla.attention import registry
-from lla.attention.common.validation import check_qkv
+from lla.attention.common.validation import check_flag, check_int, check_qkv
 from lla.attention.llsa import hierarchy, pallas_gpu, pallas_tpu, reference
 
 
@@ -62,8 +62,11 @@ def llsa(
         raise ValueError(f"llsa: self-attention needs q and k with the same number of tokens; "
                          f"got q {tuple(q.shape)} and k {tuple(k.shape)}")
     tokens = q.shape[1]
-    if levels is None:
-        levels = hierarchy.default_levels(tokens, block_size)
+    block_size = check_int("llsa", "block_size", block_size, 2)
+    topk = check_int("llsa", "topk", topk, 1)
+    levels = (hierarchy.default_levels(tokens, block_size) if levels is None
+              else check_int("llsa", "levels", levels, 1))
+    interpret = check_flag("llsa", "interpret", interpret)
     hierarchy.check_hierarchy("llsa", tokens, block_size, topk, levels)
     static = dict(block_size=block_size, topk=topk, levels=levels, interpret=interpret)
     return registry.call(LLSA, implementation, q, k, v, **static)

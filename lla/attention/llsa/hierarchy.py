@@ -25,7 +25,8 @@ def heads_major(x: jax.Array) -> jax.Array:
 
 
 def default_levels(tokens: int, block_size: int) -> int:
-    """max(1, floor(log_B(N) - 1)): the largest L with B^(L+1) <= N, at least 1."""
+    """max(1, floor(log_B(N) - 1)): the largest L with B^(L+1) <= N, at least 1 (needs
+    block_size >= 2)."""
     levels = 1
     while block_size ** (levels + 2) <= tokens:
         levels += 1
@@ -33,14 +34,8 @@ def default_levels(tokens: int, block_size: int) -> int:
 
 
 def check_hierarchy(op: str, tokens: int, block_size: int, topk: int, levels: int) -> None:
-    """Raises ValueError, saying what would work, unless the hierarchy is well formed."""
-    if not isinstance(block_size, int) or block_size < 2:
-        raise ValueError(f"{op}: block_size must be an int >= 2; got {block_size!r}")
-    if not isinstance(levels, int) or levels < 1:
-        raise ValueError(f"{op}: levels must be an int >= 1 (or None for the default); "
-                         f"got {levels!r}")
-    if not isinstance(topk, int) or topk < 1:
-        raise ValueError(f"{op}: topk must be an int >= 1; got {topk!r}")
+    """Raises ValueError, saying what would work, unless the hierarchy of these (checked)
+    ints is well formed."""
     span = block_size ** levels
     if tokens % span:
         below, above = tokens // span * span, -(-tokens // span) * span

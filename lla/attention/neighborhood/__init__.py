@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import jax
 
 from lla.attention import registry
-from lla.attention.common.validation import check_qkv
+from lla.attention.common.validation import check_flag, check_qkv
 from lla.attention.neighborhood import geometry, pallas_gpu, pallas_tpu, reference
 
 PerAxis = int | Sequence[int]
@@ -63,6 +63,7 @@ def neighborhood(
     """
     check_qkv("neighborhood", q, k, v)
     static = geometry.validate(q, k, spatial_shape, kernel_size, dilation, causal)
+    interpret = check_flag("neighborhood", "interpret", interpret)
     return registry.call(NEIGHBORHOOD, implementation, q, k, v, **static, interpret=interpret)
 
 
