@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pathlib
 import sys
+import warnings
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -39,9 +40,15 @@ FLAGS = flags.FLAGS
 EXIT_CODES = {"SIGTERM": 128 + 15, "SIGINT": 128 + 2}
 
 
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one plain line ("warning: ..."), without the source location."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def main(argv) -> int:
     del argv
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+    warnings.showwarning = show_warning
     config_path = flags.FLAGS["config"].config_filename
     workdir = FLAGS.workdir or pathlib.Path("workdirs") / pathlib.Path(
         config_path.split(":")[0]).stem
