@@ -13,13 +13,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # registries `lla.models` and `lla.objectives` are how training finds them by name).
 FORBIDDEN = {
     "pallas_kernels": ("lla.attention", "lla.layers", "lla.models", "lla.training",
-                       "lla.objectives", "lla.data", "flax"),
+                       "lla.objectives", "lla.data", "lla.interop", "flax"),
     "attention": ("lla.layers", "lla.models", "lla.training", "lla.objectives", "lla.data",
-                  "flax"),
-    "layers": ("lla.models", "lla.training", "lla.objectives"),
-    "models": ("lla.training", "lla.objectives"),
-    "objectives": ("lla.training", "lla.models"),
-    "training": ("lla.models.*", "lla.objectives.*"),
+                  "lla.interop", "flax"),
+    "layers": ("lla.models", "lla.training", "lla.objectives", "lla.interop"),
+    "models": ("lla.training", "lla.objectives", "lla.interop"),
+    "objectives": ("lla.training", "lla.models", "lla.interop"),
+    "training": ("lla.models.*", "lla.objectives.*", "lla.interop"),
+    "interop": ("lla.models", "lla.training", "lla.objectives"),
 }
 
 

@@ -207,6 +207,29 @@ def names() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
 
+def table(ops: Sequence[str] | None = None) -> str:
+    """A Markdown table of `ops` (default: the ops lla itself registers): capabilities,
+    implementations in preference order with their platforms, and default kwargs."""
+    if ops is None:
+        ops = [name for name in names() if _REGISTRY[name].fn.__module__.startswith("lla.")]
+    flags = ("causal", "segments", "gqa", "decode", "trainable")
+    lines = ["| op | what | token order | grids | " + " | ".join(flags)
+             + " | implementations | default kwargs |",
+             "|" + "---|" * (len(flags) + 6)]
+    for name in ops:
+        op = get(name)
+        caps = op.capabilities
+        impls = ", ".join(f"`{i.name}` ({'/'.join(i.platforms)})"
+                          for i in op.implementations.values())
+        defaults = ", ".join(f"{k}={v!r}" for k, v in op.default_kwargs.items()) or "-"
+        lines.append(
+            f"| `{name}` | {op.summary} | {caps.token_order} | "
+            f"{'/'.join(map(str, caps.spatial_dims))}-D | "
+            + " | ".join("yes" if getattr(caps, f) else "-" for f in flags)
+            + f" | {impls} | {defaults} |")
+    return "\n".join(lines) + "\n"
+
+
 # ---- tuning overrides ------------------------------------------------------------------------
 
 # The active overrides, ((op, implementation, ((field, value), ...)), ...), sorted. A jax user

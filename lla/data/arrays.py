@@ -34,6 +34,7 @@ class ArraySource:
         self.resample = resample
 
     def example(self, index: int) -> tuple[np.ndarray, int]:
+        """(image uint8 [R, R, C], label) of example `index`."""
         image = self.images[index]
         if image.ndim == 3 and image.shape[-1] == 1:
             image = image[..., 0]

@@ -71,6 +71,8 @@ class ImageFolder:
         self._undecodable_lock = threading.Lock()
 
     def example(self, index: int) -> tuple[np.ndarray, int]:
+        """(image uint8 [R, R, C], label) of `index`, or of the next decodable image (see the
+        class docstring)."""
         for offset in range(self.num_examples):
             candidate = (index + offset) % self.num_examples
             if candidate in self.undecodable:

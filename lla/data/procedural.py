@@ -58,6 +58,7 @@ class ProceduralShapes:
         return shape_statistics(images)
 
     def example(self, index: int) -> tuple[np.ndarray, int]:
+        """(image uint8 [R, R, C], label in [0, 10)): a pure function of `index`."""
         rng = np.random.default_rng(index)
         label = int(rng.integers(NUM_CLASSES))
         cx, cy = rng.uniform(-MAX_CENTRE, MAX_CENTRE, 2).tolist()

@@ -30,6 +30,7 @@ class TfdsSource:
         self.image_key, self.label_key = image_key, label_key
 
     def example(self, index: int) -> tuple[np.ndarray, int]:
+        """(image uint8 [R, R, C], label) of record `index`."""
         record = self.records[index]
         image = np.asarray(record[self.image_key])
         if image.ndim == 3 and image.shape[-1] == 1:

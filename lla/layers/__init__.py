@@ -1,1 +1,26 @@
-"""Linen modules built on `lla.attention`: the attention layer, MLP, adaLN, embeddings."""
+"""Linen modules built on `lla.attention`: the attention layer, MLP, adaLN, embeddings, RoPE.
+
+    from lla.layers import Attention
+    y = Attention(num_heads=8, op="neighborhood", op_kwargs={"kernel_size": 7}).apply(
+        params, x)                                   # x [B, H, W, C] -> [B, H, W, C]
+"""
+
+from lla.layers.adaln import AdaLNModulation, layer_norm, modulate
+from lla.layers.attention import Attention, RMSNorm
+from lla.layers.embeddings import LabelEmbedder, TimestepEmbedder, timestep_features
+from lla.layers.mlp import Mlp
+from lla.layers.rope import apply_rope, rope_2d
+
+__all__ = [
+    "AdaLNModulation",
+    "Attention",
+    "LabelEmbedder",
+    "Mlp",
+    "RMSNorm",
+    "TimestepEmbedder",
+    "apply_rope",
+    "layer_norm",
+    "modulate",
+    "rope_2d",
+    "timestep_features",
+]

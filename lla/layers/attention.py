@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 import lla.attention as attention
+from lla.attention import token_order
 from lla.layers.rope import apply_rope
 
 
@@ -27,28 +28,62 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    """x [B, N, C] -> [B, N, C]: q, k, v projections (with bias), per-head RMS qk-norm,
-    optional RoPE, the registered op `op` (called with `op_kwargs`), output projection.
+    """Multi-head self-attention over any registered op.
+
+    x [B, N, C] (tokens, already in the order the op wants) or [B, *grid, C] (a 1-3-D grid,
+    e.g. [B, H, W, C] or [B, T, H, W, C]: the layer feeds the tokens in the op's order and
+    passes its spatial arguments, `lla.attention.token_order`) -> the same shape. Steps:
+    q, k, v projections (with bias), per-head RMS qk-norm, optional RoPE, the op called with
+    `op_kwargs`, the output projection.
 
     Attributes:
       num_heads: H; C must be divisible by it (head_dim = C / H).
       op: name in `lla.attention.names()`, e.g. "dense" or "llsa".
-      op_kwargs: static keyword arguments for the op (block_size, topk, implementation...).
+      op_kwargs: static keyword arguments for the op (block_size, topk, implementation...);
+        default: the op's `default_kwargs`. Ops on grids need `spatial_shape` here when x is
+        [B, N, C]; with grid-shaped x it comes from the grid.
       qk_norm: RMS-normalise q and k per head before RoPE.
+      dtype: computation dtype (parameters stay float32).
+
+    `rope` is (cos, sin), each [N, D / 2] (`lla.layers.rope.rope_2d`), one row per token of x
+    in its own order (raster order for grid-shaped x).
     """
 
     num_heads: int
     op: str = "dense"
-    op_kwargs: Mapping[str, Any] = None
+    op_kwargs: Mapping[str, Any] | None = None
     qk_norm: bool = True
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None = None):
-        batch, tokens, width = x.shape
+        op = attention.get(self.op)
+        kwargs = dict(op.default_kwargs if self.op_kwargs is None else self.op_kwargs)
+        if x.ndim == 3:
+            order = None
+            if op.capabilities.token_order == "grid" and "spatial_shape" not in kwargs:
+                raise ValueError(
+                    f"Attention: {self.op!r} attends over a token grid and needs "
+                    f"spatial_shape=(H, W) (or (T, H, W)); got tokens [B, N, C] = "
+                    f"{tuple(x.shape)} with N={x.shape[1]} and no spatial_shape. Pass x as "
+                    f"[B, H, W, C], or op_kwargs={{'spatial_shape': ...}}")
+        elif 4 <= x.ndim <= 5:
+            order = token_order.for_op(op, x.shape[1:-1])
+            kwargs = order.op_arguments(kwargs)
+        else:
+            raise ValueError(f"Attention: x must be tokens [B, N, C] or a grid [B, H, W, C] / "
+                             f"[B, T, H, W, C]; got shape {tuple(x.shape)}")
+        grid_shape = x.shape
+        batch, width = x.shape[0], x.shape[-1]
+        x = x.reshape(batch, -1, width)
+        tokens = x.shape[1]
         if width % self.num_heads:
             raise ValueError(f"Attention: width {width} is not divisible by num_heads "
                              f"{self.num_heads}")
+        if order is not None:
+            x = order.to_op(x)
+            if rope is not None and order.permutation is not None:
+                rope = tuple(jnp.take(r, order.permutation, axis=0) for r in rope)
         head_dim = width // self.num_heads
         shape = (batch, tokens, self.num_heads, head_dim)
         q, k, v = (nn.Dense(width, dtype=self.dtype, name=name)(x).reshape(shape)
@@ -57,5 +92,8 @@ class Attention(nn.Module):
             q, k = RMSNorm(name="query_norm")(q), RMSNorm(name="key_norm")(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out = attention.get(self.op)(q, k, v, **dict(self.op_kwargs or {}))
-        return nn.Dense(width, dtype=self.dtype, name="out")(out.reshape(batch, tokens, width))
+        out = op(q, k, v, **kwargs)
+        out = nn.Dense(width, dtype=self.dtype, name="out")(out.reshape(batch, tokens, width))
+        if order is not None:
+            out = order.from_op(out)
+        return out.reshape(grid_shape)

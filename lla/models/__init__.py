@@ -4,6 +4,7 @@ linen module class) and `PRESETS` (named size presets, dicts of `Model` fields).
     lla.models.names()                                   # ('dit',)
     family = lla.models.get("dit")                       # the module
     model = lla.models.build("dit", preset="S", resolution=256, attention="llsa")
+    from lla.models import DiT                           # the classes, directly
 
 The training loop builds models through `build` from `config.model`; it never imports a
 family module itself. A new family is a new module here: nothing else to edit. What the loop
@@ -20,6 +21,8 @@ import pkgutil
 import types
 
 import flax.linen as nn
+
+from lla.models.dit import DiT
 
 
 def names() -> tuple[str, ...]:
@@ -50,3 +53,6 @@ def build(name: str, preset: str | None = None, **fields) -> nn.Module:
         raise ValueError(f"{name}: unknown preset {preset!r}; presets: "
                          f"{', '.join(family.PRESETS)}")
     return family.Model(**{**(family.PRESETS[preset] if preset else {}), **fields})
+
+
+__all__ = ["DiT", "build", "get", "names"]

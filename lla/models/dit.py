@@ -3,11 +3,11 @@
     model = Model(resolution=256, **PRESETS["S"], attention="llsa")
     velocity = model.apply(params, images, timesteps, labels)   # [B, H, W, C] each
 
-Per `papers/llsa.md` §3.1: patchify (patch size 1 = one token per pixel) and a linear
-projection; tokens permuted once at the input and back once at the output into the order the
-attention op asks for (`lla.attention.token_order`: Z-order for hierarchical ops such as
-LLSA, so consecutive tokens are spatially close; raster order plus `spatial_shape` for ops
-on token grids such as "neighborhood"), so no layer permutes;
+As in the LLSA paper's pixel DiT (arXiv 2512.16615): patchify (patch size 1 = one token per
+pixel) and a linear projection; tokens permuted once at the input and back once at the output
+into the order the attention op asks for (`lla.attention.token_order`: Z-order for
+hierarchical ops such as LLSA, so consecutive tokens are spatially close; raster order plus
+`spatial_shape` for ops on token grids such as "neighborhood"), so no layer permutes;
 blocks of adaLN-Zero self-attention (q, k, v, out with bias; per-head RMS qk-norm; 2-D RoPE,
 half of each head's dims per axis, positions permuted with the tokens) and a GELU-tanh MLP;
 a final adaLN-modulated, zero-initialised projection. Timesteps (and optional class labels,

@@ -122,6 +122,7 @@ class Objective:
     guidance_scale: float = 1.0
 
     def model_fields(self, source) -> dict[str, Any]:
+        """resolution, channels and num_classes (0 unless class-conditional) of `source`."""
         return {"resolution": source.resolution, "channels": source.channels,
                 "num_classes": source.num_classes if self.class_conditional else 0}
 
@@ -130,6 +131,7 @@ class Objective:
         return self.noise_scale or noise_scale(model.resolution)
 
     def init(self, model: nn.Module, key: jax.Array):
+        """Parameters of `model` initialised on one zero image (and label) with `key`."""
         images = jnp.zeros((1, model.resolution, model.resolution, model.channels))
         labels = jnp.zeros((1,), jnp.int32) if model.num_classes else None
         return jax.jit(model.init)(key, images, jnp.zeros((1,)), labels)

@@ -87,9 +87,11 @@ class Checkpointer:
         return sorted(self._manager.all_steps())
 
     def latest_step(self) -> int | None:
+        """The newest complete checkpoint's step, or None."""
         return self._manager.latest_step()
 
     def save(self, step: int, state, meta: dict) -> None:
+        """Starts saving (state, meta) as checkpoint `step` (asynchronous; see `wait`)."""
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
 
@@ -193,4 +195,5 @@ class Checkpointer:
         self._manager.wait_until_finished()
 
     def close(self) -> None:
+        """Waits for pending saves and releases the manager."""
         self._manager.close()

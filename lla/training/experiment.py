@@ -123,4 +123,5 @@ class Experiment:
         return ("data", "model", "objective.name", *(f"objective.{f}" for f in fields))
 
     def tokens_per_step(self) -> int:
+        """Tokens per training step: batch_size x the model's tokens_per_example."""
         return self.config.batch_size * self.model.tokens_per_example

@@ -22,6 +22,7 @@ class MetricWriter:
         self._tensorboard = SummaryWriter(str(workdir / "tensorboard"))
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
+        """Appends {step, **metrics} to metrics.jsonl and the scalars to TensorBoard."""
         if not self.enabled:
             return
         self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
@@ -37,6 +38,7 @@ class MetricWriter:
             self._tensorboard.flush()
 
     def close(self) -> None:
+        """Closes both writers."""
         if self.enabled:
             self._jsonl.close()
             self._tensorboard.close()

@@ -1,4 +1,4 @@
-"""Optimizer and parameter EMA of the training loop (the recipe of `papers/llsa.md` §3.2)."""
+"""Optimizer and parameter EMA of the training loop (the LLSA paper's recipe, arXiv 2512.16615)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ class TrainState:
     step: jax.Array  # int32 scalar: optimizer steps taken (= batches consumed)
     params: Any
     ema_params: Any
-    opt_state: optax.OptState
+    opt_state: Any  # optax.OptState of the optimizer
 
 
 def create(params, optimizer: optax.GradientTransformation) -> TrainState:

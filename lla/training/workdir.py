@@ -29,6 +29,7 @@ RUN_OUTPUTS = ("checkpoints", "damaged_checkpoints", METRICS, "tensorboard", "sa
 
 
 def utc_now() -> str:
+    """The current UTC time as 2026-12-01T20:00:00Z."""
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -60,6 +61,7 @@ class Lock:
         self.held = False
 
     def acquire(self) -> Lock:
+        """Takes the lock (or a stale one); raises WorkdirLockedError if a trainer holds it."""
         text = json.dumps(self.holder)
         try:
             descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -94,6 +96,7 @@ class Lock:
         os.replace(temporary, self.path)
 
     def release(self) -> None:
+        """Removes the lock file if this process holds it."""
         if self.held:
             try:
                 if json.loads(self.path.read_text()).get("pid") == os.getpid():

@@ -188,6 +188,9 @@ def test_explicit_restore_step_and_restart(tmp_path, trained):
     state = loop.train(small_config(total_steps=6, checkpoint_every=2), workdir,
                        restore_step=4)
     assert int(state.step) == 6
+    again = loop.train(small_config(total_steps=6, checkpoint_every=2), workdir)  # complete
+    for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(state.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert list((workdir / "previous").glob("*/checkpoints/6"))  # the later one, set aside
     assert steps_logged(workdir) == list(range(1, 7))
     with pytest.raises(CheckpointError, match=r"no checkpoint 3 .*checkpoints: \[2, 4, 6\]"):

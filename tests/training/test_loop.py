@@ -1,4 +1,5 @@
-"""The training loop: loss falls, resume is exact, several devices match one, files appear."""
+"""The training loop: loss falls, several devices match one, files appear (interruptions and
+exact resumes: test_faults.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from configs import llsa_pixel
 from lla import data
@@ -56,40 +56,6 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch():
     state, metrics = step(state, batch)
     assert float(loss(state.params)) < before
     assert int(state.step) == 1 and np.isfinite(float(metrics["grad_norm"]))
-
-
-class StopAfter:
-    """Wraps `data.batches` to raise after n batches: a run killed between checkpoints."""
-
-    def __init__(self, n):
-        self.n = n
-        self.batches = data.batches
-
-    def __call__(self, *args, **kwargs):
-        for count, batch in enumerate(self.batches(*args, **kwargs)):
-            if count == self.n:
-                raise KeyboardInterrupt("simulated kill")
-            yield batch
-
-
-def test_killed_and_resumed_run_matches_uninterrupted_bit_for_bit(tmp_path, monkeypatch):
-    config = small_config()
-    uninterrupted = loop.train(config, tmp_path / "a")
-    monkeypatch.setattr(loop.data, "batches", StopAfter(5))  # killed after step 5
-    with pytest.raises(KeyboardInterrupt):
-        loop.train(config, tmp_path / "b")
-    monkeypatch.undo()
-    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()
-                  if p.name.isdigit()) == ["3"]
-    resumed = loop.train(config, tmp_path / "b")  # restarts from step 3
-    for name in ("params", "ema_params", "opt_state"):
-        for a, b in zip(jax.tree.leaves(getattr(uninterrupted, name)),
-                        jax.tree.leaves(getattr(resumed, name)), strict=True):
-            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert int(resumed.step) == 6
-    again = loop.train(config, tmp_path / "b")  # complete: nothing to do, same state back
-    np.testing.assert_array_equal(jax.tree.leaves(again.params)[0],
-                                  jax.tree.leaves(resumed.params)[0])
 
 
 def test_workdir_holds_metrics_samples_tensorboard_and_config_and_sample_reads_it(tmp_path):

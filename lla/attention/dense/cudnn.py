@@ -17,6 +17,7 @@ def dense_cudnn(q, k, v, *, causal, segments, scale, return_residuals):
 
 
 def unsupported_reasons(q, k, v, *, causal, segments, scale, return_residuals):
+    """Why cuDNN cannot run these inputs (platform, dtype, head_dim, segments, residuals)."""
     reasons = []
     if jax.default_backend() != "gpu":
         reasons.append(f"needs a CUDA GPU, platform is {jax.default_backend()}")

@@ -1,4 +1,4 @@
-"""LLSA, log-linear sparse attention (`papers/llsa.md`), registered as "llsa".
+"""LLSA, log-linear sparse attention (Zhou et al., arXiv 2512.16615), registered as "llsa".
 
 Tokens must already be in hierarchy order: consecutive tokens pool together, so the op's
 `token_order` capability is "hierarchy" and models feed images and volumes in Z-order

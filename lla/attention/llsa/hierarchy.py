@@ -4,7 +4,7 @@ Shared by every LLSA implementation (the "xla" reference and the Pallas kernels)
 them attend to exactly the same sparse sets. Pooled levels are token-major like the op's
 inputs, `[Bt, N / B^l, H, D]`; selections are heads-major, `[Bt, H, N / B^l, K]`.
 
-Selection (`papers/llsa.md` §1.3), without gradient and without the 1/sqrt(D) scale:
+Selection (the LLSA paper, arXiv 2512.16615), without gradient and without the 1/sqrt(D) scale:
   level L (coarsest): each level-L query token keeps the top-K of all level-L key tokens;
   level l < L: level-l query token i keeps the top-K of the K·B children of its parent's
   picks, {j·B + c : j in I[l+1][i // B], c < B}.

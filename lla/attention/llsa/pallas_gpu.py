@@ -21,6 +21,7 @@ TUNABLE = pallas.tunable(gpu)
 
 
 def unsupported_reasons(q, k, v, *, block_size, topk, levels, interpret, config: gpu.Config):
+    """Why the compiled GPU kernels cannot run these inputs (`pallas.reasons`)."""
     return pallas.reasons(gpu, "gpu", config, interpret)
 
 

@@ -20,6 +20,7 @@ TUNABLE = pallas.tunable(tpu)
 
 
 def unsupported_reasons(q, k, v, *, block_size, topk, levels, interpret, config: tpu.Config):
+    """Why the compiled TPU kernels cannot run these inputs (`pallas.reasons`)."""
     return pallas.reasons(tpu, "tpu", config, interpret)
 
 

@@ -1,4 +1,4 @@
-"""Neighbourhood attention (NATTEN semantics, `papers/seed-papers-1.md` #11), "neighborhood".
+"""Neighbourhood attention with NATTEN's semantics (Hassani et al.), registered as "neighborhood".
 
 Tokens are a 1-, 2- or 3-D grid in row-major order (N = prod(spatial_shape)). Along each
 axis of n tokens with kernel size k and dilation d, tokens split into d groups by index mod

@@ -37,9 +37,11 @@ class Hierarchy:
         return level * math.log2(self.block_size)
 
     def batch(self, row):
+        """The batch element of grid row `row` (= batch·H + head)."""
         return row // self.heads
 
     def head(self, row):
+        """The query head of grid row `row`."""
         return row % self.heads
 
     def kv_head(self, row):

@@ -63,6 +63,7 @@ class Config(Hierarchy):
                             lambda i, row: (self.batch(row), i, self.head(row), 0))
 
     def compiler_params(self):
+        """Triton launch parameters (warps, pipeline stages) of every LLSA GPU kernel."""
         return plt.CompilerParams(num_warps=self.num_warps, num_stages=self.num_stages)
 
 

@@ -53,6 +53,7 @@ class Config(Hierarchy):
         return start + count
 
     def interpret_params(self):
+        """TPU interpret mode with NaN-poisoned uninitialised memory, or False (compiled)."""
         return pltpu.InterpretParams(uninitialized_memory="nan") if self.interpret else False
 
 

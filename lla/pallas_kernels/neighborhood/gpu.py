@@ -41,6 +41,7 @@ class Config(Tiles):
     dkv_num_stages: int = 1  # dK/dV
 
     def compiler_params(self, kernel: str):
+        """Triton launch parameters of `kernel` ("forward", "dq" or "dkv")."""
         stages = self.dkv_num_stages if kernel == "dkv" else self.num_stages
         return plt.CompilerParams(num_warps=self.num_warps, num_stages=stages)
 

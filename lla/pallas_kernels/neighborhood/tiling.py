@@ -84,6 +84,7 @@ class Plan:
         return math.prod(tile) * math.prod(self.tile_grid(tile))
 
     def kv_head(self, head):
+        """The kv head read by query head `head` (GQA)."""
         return head // (self.heads // self.kv_heads)
 
     # ---- layout -----------------------------------------------------------------------------
@@ -242,8 +243,8 @@ DEFAULT_TILES = {
 class Tiles:
     """The tiling part of a kernel config (the GPU and TPU `Config`s extend it)."""
 
-    q_tile: Shape  # query tile, one size per axis
-    kv_tile: Shape  # kv tile, one size per axis
+    q_tile: tuple[int, ...]  # query tile, one size per axis
+    kv_tile: tuple[int, ...]  # kv tile, one size per axis
     interpret: bool = False  # run in interpret mode (TPU: uninitialised memory NaN-poisoned)
 
     def __post_init__(self):
