@@ -62,6 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval_every = 5000 if full_size else 150  # sample grids
     config.keep_checkpoints = 3
     config.distributed = False
+    config.nonfinite = "stop"  # or "skip": what a NaN / inf loss or gradient does
 
     config.data = ml_collections.ConfigDict()
     config.data.name = options["data"]

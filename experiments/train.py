@@ -9,7 +9,9 @@ Writes checkpoints, metrics.jsonl, TensorBoard events, the config history and sa
 (`lla.training.loop` says what is checked). --restore_step=N resumes from checkpoint N,
 --restart starts over (the earlier run is moved to <workdir>/previous/, not deleted),
 --allow_config_change resumes although the model or data setup changed. SIGTERM / SIGINT save
-a checkpoint and exit with 143 / 130; errors exit with 1 and one message, no traceback.
+a checkpoint and exit with 143 / 130; refusals (bad config, changed setup, locked workdir,
+unreadable checkpoints, non-finite loss) exit with 1 and one message; bugs keep their
+traceback.
 """
 
 from __future__ import annotations
@@ -22,7 +24,13 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from lla.training.checkpoint import CheckpointError
-from lla.training.loop import Preempted, train
+from lla.training.loop import (
+    ConfigChangedError,
+    ConfigError,
+    NonFiniteLossError,
+    Preempted,
+    train,
+)
 from lla.training.workdir import WorkdirLockedError
 
 config_flags.DEFINE_config_file("config", None, "config file, optionally file.py:arg",
@@ -59,10 +67,9 @@ def main(argv) -> int:
     except Preempted as stopped:
         print(stopped, flush=True)
         return EXIT_CODES[stopped.signal]
-    except (ValueError, FileNotFoundError, NotADirectoryError, KeyError, WorkdirLockedError,
-            CheckpointError, FloatingPointError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"error: {message}", file=sys.stderr, flush=True)
+    except (ConfigError, ConfigChangedError, WorkdirLockedError, CheckpointError,
+            NonFiniteLossError) as error:  # expected refusals: one message, no traceback
+        print(f"error: {error}", file=sys.stderr, flush=True)
         return 1
     return 0
 

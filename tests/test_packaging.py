@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -16,7 +17,9 @@ SMOKE = """
 import importlib.metadata, pathlib, sys
 import jax, jax.numpy as jnp
 import lla, lla.attention as attention
+import lla.interop, lla.objectives, lla.training.loop
 from lla.layers import Attention
+from lla.models import DiT
 assert pathlib.Path(lla.__file__).parents[1] != pathlib.Path(sys.argv[1]), lla.__file__
 assert (pathlib.Path(lla.__file__).parent / "py.typed").exists()
 assert importlib.metadata.version("lla") == lla.__version__
@@ -28,6 +31,11 @@ print("op", attention.llsa(q, q, q, block_size=4, topk=2).shape)
 x = jnp.ones((1, 8, 8, 32))
 layer = Attention(num_heads=2, op="neighborhood", op_kwargs={"kernel_size": 3})
 print("layer", layer.apply(layer.init(jax.random.key(0), x), x).shape)
+model = DiT(resolution=8, depth=1, width=32, num_heads=2, attention="neighborhood",
+            attention_kwargs={"kernel_size": 3})
+images = jnp.zeros((1, 8, 8, 3))
+print("model", model.apply(model.init(jax.random.key(0), images, jnp.ones(1)), images,
+                           jnp.ones(1)).shape)
 """
 
 
@@ -40,8 +48,13 @@ def pip(python, *arguments):
 def test_pip_install_gives_a_working_library_outside_the_repository(tmp_path):
     """The wheel is built here (setuptools is pinned in the lock), then installed into a new
     environment with pip, as `pip install .` does."""
+    source = tmp_path / "source"  # a clean copy: no stale build/ of the checkout
+    shutil.copytree(ROOT, source, ignore=lambda folder, names: [
+        name for name in names if name == "__pycache__" or name.endswith(".egg-info")
+        or (pathlib.Path(folder) == ROOT and name not in ("lla", "pyproject.toml", "README.md",
+                                                           "LICENSE"))])
     pip(sys.executable, "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-        "--wheel-dir", str(tmp_path / "dist"), str(ROOT))
+        "--wheel-dir", str(tmp_path / "dist"), str(source))
     (wheel,) = (tmp_path / "dist").glob("lla-*.whl")
     environment = tmp_path / "venv"
     venv.create(environment, with_pip=True)
@@ -56,4 +69,5 @@ def test_pip_install_gives_a_working_library_outside_the_repository(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "op (1, 64, 2, 16)" in run.stdout and "layer (1, 8, 8, 32)" in run.stdout
+    assert "model (1, 8, 8, 3)" in run.stdout
 

@@ -36,8 +36,8 @@ class ImageFolder:
     Shapes: `example` -> (uint8 `[resolution, resolution, channels]`, label).
     """
 
-    def __init__(self, path: str | os.PathLike = "", resolution: int = 64, channels: int = 3,
-                 *, verify: bool = True, on_error: str = "skip"):
+    def __init__(self, path: str | os.PathLike = "", resolution: int | None = None,
+                 channels: int = 3, *, verify: bool = True, on_error: str = "skip"):
         check_geometry(resolution, channels)
         if not str(path).strip():
             raise ValueError("image_folder needs a path: set it with --config.data.kwargs.path="
@@ -105,7 +105,11 @@ class ImageFolder:
                 image.draft("RGB" if self.channels == 3 else "L",
                             (self.resolution, self.resolution))
                 array = square_array(image, self.resolution, self.channels)
-        except (OSError, ValueError, SyntaxError) as error:
+        except OSError as error:
+            if error.errno is not None:  # the file system failed, not the image: re-raise
+                raise
+            raise ValueError(f"cannot decode image {str(path)!r}: {error}") from error
+        except (ValueError, SyntaxError) as error:
             raise ValueError(f"cannot decode image {str(path)!r}: {error}") from error
         return array, int(self.labels[index])
 

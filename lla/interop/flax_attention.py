@@ -1,6 +1,8 @@
 """lla attention inside Flax's own attention modules, and the lla layer in NNX.
 
-        from flax import nnx
+    import flax.linen as nn
+    import jax.numpy as jnp
+    from flax import nnx
     from lla.interop import flax_attention_fn, nnx_attention
 
     nn.MultiHeadDotProductAttention(num_heads=8, attention_fn=flax_attention_fn("llsa"))
@@ -14,8 +16,10 @@
 can honour — causality (the `causal` flag here, or NNX's `is_causal`), `segment_ids` (for
 direct callers), `dtype`, `precision` — and raises `ValueError` naming the argument for what
 it cannot: an arbitrary `mask`, a `bias`, attention dropout in training mode, sown attention
-weights, custom einsums. Nothing is dropped silently. (Flax's linen module passes only the
-arguments an `attention_fn` declares, so the returned function declares them all.)
+weights, custom einsums, a `promote_dtype`. Nothing is dropped silently. "Causal" means what
+the op's `causal=True` means: for dense attention Flax's lower-triangular mask; for
+neighbourhood attention, windows that look back along every axis. (Flax's linen module passes
+only the arguments an `attention_fn` declares, so the returned function declares them all.)
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 import lla.attention as attention
@@ -59,9 +64,10 @@ def flax_attention_fn(op: str = "dense", *, causal: bool = False,
                      einsum_dot_general=None, qk_attn_weights_einsum=None,
                      attn_weights_value_einsum=None, is_causal=False, promote_dtype=None,
                      segment_ids=None, **unknown):
-        del broadcast_dropout, dropout_rng, force_fp32_for_softmax, promote_dtype
+        del broadcast_dropout, dropout_rng, force_fp32_for_softmax  # f32 softmax regardless
         _refuse(op, bias=bias, mask=mask, dropout_rate=dropout_rate,
-                deterministic=deterministic, module=module, unknown=unknown,
+                deterministic=deterministic, module=module,
+                unknown={**unknown, "promote_dtype": promote_dtype},
                 einsums=(einsum_dot_general, qk_attn_weights_einsum,
                          attn_weights_value_einsum))
         use_causal = causal or bool(is_causal)
@@ -71,13 +77,14 @@ def flax_attention_fn(op: str = "dense", *, causal: bool = False,
         call_kwargs = dict(kwargs)
         if use_causal:
             call_kwargs["causal"] = True
-        if segment_ids is not None:
-            call_kwargs["segment_ids"] = segment_ids
         batch_shape = query.shape[:-3]
+        if segment_ids is not None:
+            call_kwargs["segment_ids"] = jax.tree.map(
+                lambda ids: ids.reshape(math.prod(batch_shape), ids.shape[-1]), segment_ids)
         q, k, v = (x.reshape(math.prod(x.shape[:-3]), *x.shape[-3:])
                    for x in (query, key, value))
-        if dtype is not None:
-            q, k, v = (x.astype(dtype) for x in (q, k, v))
+        dtype = dtype or jnp.result_type(q, k, v)  # Flax promotes mixed inputs
+        q, k, v = (x.astype(dtype) for x in (q, k, v))
         with _matmul_precision(op, precision):
             out = registered(q, k, v, **call_kwargs)
         return out.reshape(*batch_shape, *out.shape[1:])

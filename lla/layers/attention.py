@@ -39,8 +39,8 @@ class Attention(nn.Module):
     Attributes:
       num_heads: H; C must be divisible by it (head_dim = C / H).
       op: name in `lla.attention.names()`, e.g. "dense" or "llsa".
-      op_kwargs: static keyword arguments for the op (block_size, topk, implementation...);
-        default: the op's `default_kwargs`. Ops on grids need `spatial_shape` here when x is
+      op_kwargs: static keyword arguments for the op (block_size, topk, implementation...),
+        over the op's `default_kwargs`. Ops on grids need `spatial_shape` here when x is
         [B, N, C]; with grid-shaped x it comes from the grid.
       qk_norm: RMS-normalise q and k per head before RoPE.
       dtype: computation dtype (parameters stay float32).
@@ -58,7 +58,7 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None = None):
         op = attention.get(self.op)
-        kwargs = dict(op.default_kwargs if self.op_kwargs is None else self.op_kwargs)
+        kwargs = {**op.default_kwargs, **(self.op_kwargs or {})}
         if x.ndim == 3:
             order = None
             if op.capabilities.token_order == "grid" and "spatial_shape" not in kwargs:

@@ -22,8 +22,6 @@ import types
 
 import flax.linen as nn
 
-from lla.models.dit import DiT
-
 
 def names() -> tuple[str, ...]:
     """The model families: modules of this package that export `Model` and `PRESETS`."""
@@ -54,5 +52,7 @@ def build(name: str, preset: str | None = None, **fields) -> nn.Module:
                          f"{', '.join(family.PRESETS)}")
     return family.Model(**{**(family.PRESETS[preset] if preset else {}), **fields})
 
+
+from lla.models.dit import DiT  # noqa: E402 - the classes, after the lookup functions
 
 __all__ = ["DiT", "build", "get", "names"]

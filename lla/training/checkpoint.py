@@ -4,10 +4,11 @@ Layout: `<workdir>/checkpoints/<step>/{state,meta}`; Orbax writes each step to a
 directory and renames it when complete, so a run killed mid-save leaves the previous
 checkpoint intact and the partial one is ignored on restart.
 
-`restore_latest` restores the newest checkpoint that loads. One that does not (a truncated
-data file, a missing `_METADATA`, an emptied manifest) is moved to
-`<workdir>/damaged_checkpoints/<step>` with a one-paragraph warning, and the next older one
-is tried; storage errors are summarised in one line, never dumped. A checkpoint whose arrays
+`restore_latest` restores the newest checkpoint that loads. Those newer that do not (a
+truncated data file, a missing `_METADATA`, an emptied manifest) are then moved to
+`<workdir>/damaged_checkpoints/<step>` with a one-paragraph warning each; when none loads,
+nothing is moved and the error lists every reason. Storage errors are summarised in one line,
+never dumped. A checkpoint whose arrays
 do not have the shapes of the state to restore (a changed model) raises
 `CheckpointMismatchError` naming the first differences; it is not damaged and stays in place.
 """
@@ -74,8 +75,11 @@ def _shapes(tree) -> dict[str, tuple]:
 class Checkpointer:
     """Saves and restores (state, meta) pairs; meta is a small JSON dict (e.g. data step)."""
 
-    def __init__(self, workdir: str | os.PathLike, *, keep: int = 3):
+    def __init__(self, workdir: str | os.PathLike, *, keep: int = 3, moves_files: bool = True):
+        """`moves_files`: this process moves damaged or superseded checkpoints (only one
+        process of a multi-host run should; the others re-read the folder)."""
         self.workdir = pathlib.Path(workdir).absolute()
+        self.moves_files = moves_files
         self.directory = self.workdir / "checkpoints"
         self._manager = ocp.CheckpointManager(
             self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
@@ -91,9 +95,17 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def save(self, step: int, state, meta: dict) -> None:
-        """Starts saving (state, meta) as checkpoint `step` (asynchronous; see `wait`)."""
-        self._manager.save(step, args=ocp.args.Composite(
+        """Starts saving (state, meta) as checkpoint `step` (asynchronous; see `wait`).
+
+        Raises:
+          CheckpointError: Orbax declined to save (e.g. a checkpoint of this step or a later
+            one exists that this process does not know of).
+        """
+        saved = self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+        if not saved:
+            raise CheckpointError(f"checkpoint {step} was not saved: {self.directory} already "
+                                  f"holds steps {self.steps()}")
 
     def restore(self, step: int, like):
         """(state shaped and sharded like `like`, meta) of checkpoint `step`.
@@ -136,30 +148,41 @@ class Checkpointer:
 
     def restore_latest(self, like, *, step: int | None = None):
         """(step, state, meta) of the newest checkpoint that restores, or of exactly `step`;
-        None when there is none.
+        None when there are no checkpoints.
 
-        Damaged checkpoints met on the way are moved aside (see the module docstring) with a
-        warning each; an explicit `step` is never replaced by another.
+        Newer checkpoints that failed are moved aside (see the module docstring) with a
+        warning each, once an older one has loaded; an explicit `step` is never replaced.
 
         Raises:
           CheckpointMismatchError: the newest checkpoint holds another model's state.
-          CheckpointError: `step` is given and missing or unreadable.
+          CheckpointError: `step` is given and missing or unreadable, or no checkpoint
+            loads (each reason listed; nothing is moved, no run restarts from step 0).
         """
         steps = self.steps()
         if step is not None:
             self.require(step)
             return (step, *self.restore(step, like))
-        for index in range(len(steps) - 1, -1, -1):
+        failures = []
+        for candidate in reversed(steps):
             try:
-                return (steps[index], *self.restore(steps[index], like))
+                restored = self.restore(candidate, like)
             except CheckpointMismatchError:
                 raise
             except CheckpointError as error:
-                moved = self._move_aside(steps[index])
-                fallback = (f"restoring checkpoint {steps[index - 1]} instead" if index
-                            else "no older checkpoint: starting from step 0")
+                failures.append((candidate, error))
+                continue
+            for failed, error in failures:
+                moved = self._move_aside(failed)
                 warnings.warn(f"{error}; moved it to {moved} (delete it when you no longer "
-                              f"need it); {fallback}.", stacklevel=2)
+                              f"need it); restoring checkpoint {candidate} instead.",
+                              stacklevel=2)
+            return (candidate, *restored)
+        if failures:
+            reasons = "; ".join(str(error) for _, error in failures)
+            raise CheckpointError(
+                f"no checkpoint in {self.directory} can be restored ({reasons}). Nothing was "
+                f"moved. If they are damaged, start over with --restart (they are kept in "
+                f"<workdir>/previous/), or move the damaged ones away yourself.")
         return None
 
     def require(self, step: int) -> None:
@@ -172,7 +195,7 @@ class Checkpointer:
         """Moves the checkpoints later than `step` to `<workdir>/previous/<time>/checkpoints/`
         (a run resumed from `step` would write over them); returns that folder, or None."""
         later = [s for s in self.steps() if s > step]
-        if not later:
+        if not later or not self.moves_files:
             return None
         target = previous_folder(self.workdir) / "checkpoints"
         target.mkdir()
@@ -181,8 +204,14 @@ class Checkpointer:
         self._manager.reload()
         return target
 
+    def reload(self) -> None:
+        """Re-reads the checkpoint folder (after another process moved files)."""
+        self._manager.reload()
+
     def _move_aside(self, step: int) -> pathlib.Path:
         target = self.workdir / "damaged_checkpoints" / str(step)
+        if not self.moves_files:
+            return target
         while target.exists():
             target = target.with_name(target.name + "+")
         target.parent.mkdir(parents=True, exist_ok=True)

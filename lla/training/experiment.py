@@ -13,7 +13,7 @@ an objective by name.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -121,6 +121,13 @@ class Experiment:
         same (`data`, `model`, the objective's name and its `STRUCTURAL_FIELDS`)."""
         fields = getattr(self.objective, "STRUCTURAL_FIELDS", ())
         return ("data", "model", "objective.name", *(f"objective.{f}" for f in fields))
+
+    # Keys under the structural prefixes that do not change what is learned: where the data
+    # lies and how it is read, which implementation computes the attention.
+    MOVABLE_KEYS: ClassVar[tuple[str, ...]] = (
+        "data.kwargs.path", "data.kwargs.directory", "data.kwargs.verify",
+        "data.kwargs.on_error", "model.attention_kwargs.implementation",
+        "model.attention_kwargs.interpret")
 
     def tokens_per_step(self) -> int:
         """Tokens per training step: batch_size x the model's tokens_per_example."""

@@ -8,8 +8,8 @@ and the data position (the batch of global step s is a pure function of (seed, s
 step's randomness is derived from (seed, step); a run killed and restarted therefore
 continues exactly as an uninterrupted run would. Around that:
   - everything the config names is built, and the config checked, before the workdir is
-    touched, so a bad config leaves nothing behind;
-  - one trainer per workdir (`workdir.Lock`);
+    touched, so a bad config leaves nothing behind (`ConfigError`);
+  - one trainer per workdir (`workdir.Lock`), checked before the device is used;
   - a resume that would change the model, its data or the objective's structure is refused
     (`ConfigChangedError`) unless allowed; every start is recorded in `config_history.jsonl`;
   - metrics rows past the restored step are dropped;
@@ -30,6 +30,7 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from lla import data
@@ -39,6 +40,10 @@ from lla.training import workdir as workdirs
 from lla.training.checkpoint import Checkpointer
 from lla.training.experiment import Experiment, upgrade_config
 from lla.training.metrics import MetricWriter
+
+
+class ConfigError(ValueError):
+    """The config (or what it names) cannot be trained; nothing was written."""
 
 
 class ConfigChangedError(ValueError):
@@ -61,13 +66,17 @@ def _config_dict(config: ml_collections.ConfigDict) -> dict:
     return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
-def _check_resume_config(workdir: pathlib.Path, config: dict, keys: tuple[str, ...],
-                         allow: bool) -> None:
-    starts = workdirs.history(workdir)
-    if not starts:
+def _check_resume_config(workdir: pathlib.Path, config: dict, step: int,
+                         experiment: Experiment, allow: bool) -> None:
+    """Refuses (ConfigChangedError) to resume checkpoint `step` under a config whose
+    structural keys differ from the config in force at that step."""
+    try:
+        previous = workdirs.config_at(workdir, step)
+    except FileNotFoundError:  # checkpoints without a recorded config: nothing to compare
         return
-    previous = upgrade_config(ml_collections.ConfigDict(starts[-1]["config"])).to_dict()
-    changed = workdirs.changed_keys(previous, config, keys)
+    previous = upgrade_config(ml_collections.ConfigDict(previous)).to_dict()
+    changed = workdirs.changed_keys(previous, config, experiment.structural_keys(),
+                                    experiment.MOVABLE_KEYS)
     if not changed:
         return
     listing = "\n  ".join(changed)
@@ -76,10 +85,10 @@ def _check_resume_config(workdir: pathlib.Path, config: dict, keys: tuple[str, .
               f"{listing}")
         return
     raise ConfigChangedError(
-        f"{workdir} holds a run started with another model, data or objective setup (at step "
-        f"{starts[-1]['start_step']}); these keys differ:\n  {listing}\nIts weights would "
-        f"continue under the new setup. Train in a new --workdir, start over here with "
-        f"--restart (the old run is moved to {workdir}/previous/), or resume anyway with "
+        f"{workdir} holds a run whose checkpoint {step} was trained with another model, data "
+        f"or objective setup; these keys differ:\n  {listing}\nIts weights would continue "
+        f"under the new setup. Train in a new --workdir, start over here with --restart (the "
+        f"old run is moved to {workdir}/previous/), or resume anyway with "
         f"--allow_config_change.")
 
 
@@ -95,11 +104,9 @@ class _StopRequests:
         self._previous = {}
 
     def _handle(self, number, frame) -> None:
-        if self.received == "SIGINT" and number == signal.SIGINT:
+        if number == signal.SIGINT and self.received is not None:
             raise KeyboardInterrupt
-        self.received = signal.Signals(number).name
-        print(f"\nreceived {self.received}: saving a checkpoint at the end of this step",
-              flush=True)
+        self.received = self.received or signal.Signals(number).name
 
     def __enter__(self) -> _StopRequests:
         if self.enabled:
@@ -111,6 +118,12 @@ class _StopRequests:
             signal.signal(number, handler)
 
 
+def _sync(name: str) -> None:
+    """A barrier across the processes of a multi-host run (after the chief moved files)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
           restore_step: int | None = None, restart: bool = False,
           allow_config_change: bool = False, handle_signals: bool = True):
@@ -119,8 +132,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
     Args:
       config: the experiment config (see the module docstring of `lla.training.experiment`).
       workdir: where checkpoints, metrics, evaluations and the config history go.
-      restore_step: resume from exactly this checkpoint (later ones are moved aside to
-        `<workdir>/previous/`); default: the newest that loads.
+      restore_step: resume from exactly this checkpoint (later ones, and the metrics logged
+        after it, are then moved to `<workdir>/previous/`); default: the newest that loads.
       restart: move the outputs of earlier runs to `<workdir>/previous/<time>/` and start
         from step 0.
       allow_config_change: resume even if the model, data or objective setup changed.
@@ -130,49 +143,74 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
       The final train state.
 
     Raises:
-      ValueError: a bad config (before the workdir is created); ConfigChangedError;
-      workdir.WorkdirLockedError; checkpoint.CheckpointMismatchError / CheckpointError; Preempted
-      (after saving); NonFiniteLossError.
+      ConfigError: a bad config (the workdir is left as it was); ConfigChangedError;
+      workdir.WorkdirLockedError; checkpoint.CheckpointMismatchError / CheckpointError;
+      Preempted (after saving); NonFiniteLossError.
+
+    Multi-host runs: the chief (process 0) holds the lock and moves files; the others wait at
+    a barrier and re-read the checkpoint folder. Preemption signals are handled per process
+    (not yet agreed across hosts).
     """
-    experiment = Experiment.from_config(config)
-    config = experiment.config
     if config.get("distributed"):
         jax.distributed.initialize()
+    if restart and restore_step is not None:
+        raise ConfigError("--restart starts from step 0 and --restore_step resumes a "
+                          "checkpoint: give one of them")
+    try:
+        experiment = Experiment.from_config(config)
+    except (ValueError, KeyError, FileNotFoundError, NotADirectoryError) as error:
+        raise ConfigError(error.args[0] if isinstance(error, KeyError) else str(error)) \
+            from error
+    config = experiment.config
     mesh = sharding.data_mesh()
     if config.batch_size % mesh.size:
-        raise ValueError(f"batch_size {config.batch_size} must be a multiple of the "
-                         f"{mesh.size} devices")
-    state = experiment.initial_state(mesh)  # traces the model: bad attention arguments fail here
+        raise ConfigError(f"batch_size {config.batch_size} must be a multiple of the "
+                          f"{mesh.size} devices")
     workdir = pathlib.Path(workdir)
+    created = not workdir.exists()
     workdir.mkdir(parents=True, exist_ok=True)
     is_chief = jax.process_index() == 0
     lock = workdirs.Lock(workdir)
-    if is_chief:
-        lock.acquire()
     checkpointer = writer = progress = None
     try:
+        if is_chief:
+            lock.acquire()  # before touching the device: a second trainer leaves at once
+        try:
+            state = experiment.initial_state(mesh)  # traces the model: bad attention args
+        except (ValueError, KeyError) as error:
+            lock.release()
+            if created and not any(workdir.iterdir()):
+                workdir.rmdir()
+            raise ConfigError(error.args[0] if isinstance(error, KeyError) else str(error)) \
+                from error
         if restart and is_chief:
             moved = workdirs.move_aside(workdir)
             if moved:
                 print(f"--restart: moved the earlier run to {moved}")
+        _sync("lla-restart")
         config_dict = _config_dict(config)
-        _check_resume_config(workdir, config_dict, experiment.structural_keys(),
-                             allow_config_change)
-        checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
-        if restore_step is not None:
-            checkpointer.require(restore_step)
-        if restore_step is not None and is_chief:
-            moved = checkpointer.move_aside_after(restore_step)
-            if moved:
-                print(f"--restore_step={restore_step}: moved the later checkpoints to {moved}")
+        checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints, moves_files=is_chief)
+        target = restore_step if restore_step is not None else checkpointer.latest_step()
+        if target is not None:
+            _check_resume_config(workdir, config_dict, target, experiment,
+                                 allow_config_change)
         restored = checkpointer.restore_latest(state, step=restore_step)
+        _sync("lla-restored")
         start = 0
         if restored:
             start, state, meta = restored
             assert meta["data_step"] == start == int(state.step), (meta, start, state.step)
             print(f"resumed from {checkpointer.directory}/{start}")
+        kept = None
+        if restore_step is not None and is_chief:
+            kept = checkpointer.move_aside_after(restore_step)
+            if kept:
+                print(f"--restore_step={restore_step}: moved the later checkpoints to {kept}")
+        _sync("lla-superseded")
+        checkpointer.reload()
         if is_chief:
-            dropped = workdirs.truncate_metrics(workdir, start)
+            dropped = workdirs.truncate_metrics(
+                workdir, start, keep_dropped=kept.parent / workdirs.METRICS if kept else None)
             if dropped:
                 print(f"dropped {dropped} metrics rows logged after step {start}")
             workdirs.record_start(workdir, start, config_dict)
@@ -211,7 +249,6 @@ def _run(state, steps, step_fn, batches, mesh, config, workdir, checkpointer, wr
     last_time, last_step = time.perf_counter(), steps.start - 1
     first_bad, skipped = jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)
     stop_on_nonfinite = config.get("nonfinite", "stop") == "stop"
-    saved = steps.start - 1
 
     def check_finite(step):
         bad = int(first_bad)
@@ -242,13 +279,15 @@ def _run(state, steps, step_fn, batches, mesh, config, workdir, checkpointer, wr
             progress.set_postfix(loss=f"{metrics['loss']:.4f}",
                                  steps_s=f"{metrics['steps_per_s']:.2f}",
                                  tokens_s=f"{metrics['tokens_per_s']:.3g}")
+        if stops.received and not last:
+            print(f"\nreceived {stops.received}: saving a checkpoint of step {step}",
+                  flush=True)
         if step % config.checkpoint_every == 0 or last or stops.received:
             check_finite(step)
             checkpointer.save(step, state, {"data_step": step})
-            saved = step
-        if stops.received:
+        if stops.received and not last:
             checkpointer.wait()
-            raise Preempted(f"{stops.received}: saved checkpoint {saved} in "
+            raise Preempted(f"{stops.received}: saved checkpoint {step} in "
                             f"{checkpointer.directory}; run the same command to resume",
                             stops.received)
         if evaluate and config.eval_every and (step % config.eval_every == 0 or last):

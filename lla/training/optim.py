@@ -12,8 +12,10 @@ def make_optimizer(learning_rate: float, *, weight_decay: float = 0.01, b1: floa
                    warmup_steps: int = 0) -> optax.GradientTransformation:
     """Global-norm clipping then AdamW; constant learning rate after an optional linear
     warm-up."""
+    # Always a schedule, so the optimizer state has the same structure with or without a
+    # warm-up (a resumed run may change warmup_steps).
     schedule = (optax.linear_schedule(0.0, learning_rate, warmup_steps) if warmup_steps
-                else learning_rate)
+                else optax.constant_schedule(learning_rate))
     return optax.chain(optax.clip_by_global_norm(clip_norm),
                        optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
 

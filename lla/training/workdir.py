@@ -11,7 +11,9 @@ resume must not duplicate.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import json
 import os
 import pathlib
@@ -24,8 +26,7 @@ LOCK = ".lock"
 CONFIG = "config.json"
 HISTORY = "config_history.jsonl"
 METRICS = "metrics.jsonl"
-RUN_OUTPUTS = ("checkpoints", "damaged_checkpoints", METRICS, "tensorboard", "samples", CONFIG,
-               HISTORY, "config.resumed.json")
+KEPT_BY_RESTART = (LOCK, "previous")  # everything else is an earlier run's output
 
 
 def utc_now() -> str:
@@ -37,73 +38,75 @@ class WorkdirLockedError(RuntimeError):
     """Another live trainer holds the workdir."""
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
 class Lock:
-    """An exclusive lock on a workdir for this process (`<workdir>/.lock`).
+    """An exclusive lock on a workdir for this process: an `fcntl.flock` on `<workdir>/.lock`,
+    held for the whole run, and the holder's host, pid and start time written into the file
+    for the message a second trainer gets.
 
-    A second trainer fails at once with `WorkdirLockedError` naming the holder. A lock left by a
-    process that no longer runs on this host is taken over with a warning; a lock held from
-    another host is never taken (its process cannot be checked from here).
+    The kernel releases a flock when its process dies (kill -9 included), so a lock left by
+    a dead trainer is free: it is taken over with a warning naming the old holder. Local
+    filesystems and NFSv4 honour flock; on a filesystem that does not, two hosts could both
+    take it.
     """
 
     def __init__(self, workdir: str | os.PathLike):
         self.path = pathlib.Path(workdir) / LOCK
         self.holder = {"host": socket.gethostname(), "pid": os.getpid(), "started": utc_now()}
-        self.held = False
+        self._file = None
+
+    @property
+    def held(self) -> bool:
+        return self._file is not None
 
     def acquire(self) -> Lock:
-        """Takes the lock (or a stale one); raises WorkdirLockedError if a trainer holds it."""
-        text = json.dumps(self.holder)
-        try:
-            descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            self._take_over_if_stale(text)
-        else:
-            with os.fdopen(descriptor, "w") as file:
-                file.write(text)
-        self.held = True
+        """Takes the lock; raises WorkdirLockedError, naming the holder, if a live trainer
+        holds it."""
+        while True:
+            file = open(self.path, "a+")  # noqa: SIM115 - held until release()
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self._read(file)
+                file.close()
+                raise WorkdirLockedError(
+                    f"{self.path.parent} is in use by another trainer: pid "
+                    f"{holder.get('pid')} on {holder.get('host')}, started "
+                    f"{holder.get('started')}. Wait for it to finish, stop it, or train in "
+                    f"another --workdir.") from None
+            try:  # the file may have been removed (released) between open and flock
+                if os.fstat(file.fileno()).st_ino == os.stat(self.path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            file.close()
+        previous = self._read(file)
+        if previous:
+            warnings.warn(f"taking over the lock {self.path} of pid {previous.get('pid')} on "
+                          f"{previous.get('host')} (started {previous.get('started')}): no "
+                          f"process holds it any more", stacklevel=3)
+        file.seek(0)
+        file.truncate()
+        file.write(json.dumps(self.holder))
+        file.flush()
+        self._file = file
         return self
 
-    def _take_over_if_stale(self, text: str) -> None:
+    @staticmethod
+    def _read(file) -> dict:
+        file.seek(0)
         try:
-            holder = json.loads(self.path.read_text() or "{}")
-        except (OSError, json.JSONDecodeError):
-            holder = {}
-        host, pid = holder.get("host"), holder.get("pid")
-        if host == self.holder["host"] and isinstance(pid, int) and _alive(pid):
-            raise WorkdirLockedError(
-                f"{self.path.parent} is in use by another trainer: pid {pid} on {host}, "
-                f"started {holder.get('started')}. Wait for it to finish, stop it, or train "
-                f"in another --workdir.")
-        if host not in (None, self.holder["host"]):
-            raise WorkdirLockedError(
-                f"{self.path.parent} is locked by pid {pid} on host {host} (started "
-                f"{holder.get('started')}), which cannot be checked from here. If that "
-                f"trainer is gone, delete {self.path}; otherwise use another --workdir.")
-        warnings.warn(f"taking over the stale lock {self.path} of pid {pid} on {host} "
-                      f"(started {holder.get('started')}; that process is gone)", stacklevel=3)
-        temporary = self.path.with_name(f"{LOCK}.{os.getpid()}")
-        temporary.write_text(text)
-        os.replace(temporary, self.path)
+            return json.loads(file.read() or "{}")
+        except json.JSONDecodeError:
+            return {}
 
     def release(self) -> None:
-        """Removes the lock file if this process holds it."""
-        if self.held:
-            try:
-                if json.loads(self.path.read_text()).get("pid") == os.getpid():
-                    self.path.unlink()
-            except (OSError, json.JSONDecodeError):
-                pass
-            self.held = False
+        """Removes the lock file and releases the lock, if this process holds it."""
+        if self._file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
 
 
 def previous_folder(workdir: str | os.PathLike) -> pathlib.Path:
@@ -120,7 +123,7 @@ def move_aside(workdir: str | os.PathLike) -> pathlib.Path | None:
     """Moves the outputs of earlier runs into a `previous_folder` (for a fresh start in the
     same workdir); returns that folder, or None when there was nothing to move."""
     workdir = pathlib.Path(workdir)
-    present = [name for name in RUN_OUTPUTS if (workdir / name).exists()]
+    present = sorted(p.name for p in workdir.iterdir() if p.name not in KEPT_BY_RESTART)
     if not present:
         return None
     target = previous_folder(workdir)
@@ -142,13 +145,35 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def read_jsonl(path: pathlib.Path, needed: str) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file that parse and hold `needed`; a partial last line (a
+    write cut short by kill -9 or a full disk) is skipped with a warning."""
+    rows, bad = [], 0
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(row, dict) and needed in row:
+            rows.append(row)
+        else:
+            bad += 1
+    if bad:
+        warnings.warn(f"{path}: skipped {bad} unreadable line(s) (a write cut short?)",
+                      stacklevel=3)
+    return rows
+
+
 def history(workdir: str | os.PathLike) -> list[dict[str, Any]]:
     """The recorded starts, oldest first; a workdir of an older version (config.json only)
     reads as one start at step 0."""
     workdir = pathlib.Path(workdir)
     path = workdir / HISTORY
     if path.exists():
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return read_jsonl(path, "start_step")
     if (workdir / CONFIG).exists():
         return [{"start_step": 0, "time": None,
                  "config": json.loads((workdir / CONFIG).read_text())}]
@@ -163,21 +188,20 @@ def config_at(workdir: str | os.PathLike, step: int) -> dict[str, Any]:
     return starts[-1]["config"]
 
 
-def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any],
-                 prefixes: Iterable[str]) -> list[str]:
-    """Dotted keys under `prefixes` (e.g. "model", "objective.name") whose values differ,
-    each as "key: old -> new"."""
+def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any], prefixes: Iterable[str],
+                 ignored: Iterable[str] = ()) -> list[str]:
+    """Dotted keys under `prefixes` (e.g. "model", "objective.name"), other than `ignored`,
+    whose values differ, each as "key: old -> new". A key only one side has (a field added or
+    removed between versions) does not count: its default stands in for it."""
     old, new = flatten(old), flatten(new)
-    prefixes = tuple(prefixes)
+    prefixes, ignored = tuple(prefixes), set(ignored)
 
     def watched(key: str) -> bool:
-        return any(key == p or key.startswith(p + ".") for p in prefixes)
+        return key not in ignored and any(key == p or key.startswith(p + ".")
+                                          for p in prefixes)
 
-    missing = object()
-    return [f"{key}: {old.get(key, missing)!r} -> {new.get(key, missing)!r}".replace(
-                repr(missing), "(absent)")
-            for key in sorted(set(old) | set(new))
-            if watched(key) and old.get(key, missing) != new.get(key, missing)]
+    return [f"{key}: {old[key]!r} -> {new[key]!r}" for key in sorted(set(old) & set(new))
+            if watched(key) and old[key] != new[key]]
 
 
 def record_start(workdir: str | os.PathLike, step: int, config: Mapping[str, Any]) -> None:
@@ -193,16 +217,22 @@ def record_start(workdir: str | os.PathLike, step: int, config: Mapping[str, Any
 
 # ---- metrics ----------------------------------------------------------------------------------
 
-def truncate_metrics(workdir: str | os.PathLike, step: int) -> int:
-    """Drops the rows of `metrics.jsonl` past `step` (written after the checkpoint a resume
-    starts from), atomically; returns how many were dropped."""
+def truncate_metrics(workdir: str | os.PathLike, step: int,
+                     keep_dropped: pathlib.Path | None = None) -> int:
+    """Drops the rows of `metrics.jsonl` past `step` (logged after the checkpoint a resume
+    starts from) and unreadable ones, atomically; with `keep_dropped`, the rows past `step`
+    are written there first. Returns how many rows were dropped."""
     path = pathlib.Path(workdir) / METRICS
     if not path.exists():
         return 0
-    lines = path.read_text().splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-    if len(kept) != len(lines):
+    rows = read_jsonl(path, "step")
+    kept = [row for row in rows if row["step"] <= step]
+    dropped = [row for row in rows if row["step"] > step]
+    if keep_dropped is not None and dropped:
+        keep_dropped.write_text("".join(json.dumps(row) + "\n" for row in dropped))
+    count = len([line for line in path.read_text().splitlines() if line.strip()]) - len(kept)
+    if count:
         temporary = path.with_suffix(".tmp")
-        temporary.write_text("".join(line + "\n" for line in kept))
+        temporary.write_text("".join(json.dumps(row) + "\n" for row in kept))
         os.replace(temporary, path)
-    return len(lines) - len(kept)
+    return count

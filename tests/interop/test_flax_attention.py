@@ -65,6 +65,7 @@ def test_what_cannot_be_honoured_raises_naming_it():
         (dict(input_positions=jnp.arange(16)), r"unsupported arguments \['input_positions'\]"),
         (dict(is_causal=True), "'llsa' has no causal form; causal ops: dense"),
         (dict(precision=(1, 2)), "precision must be None"),
+        (dict(promote_dtype=lambda *x: x), r"unsupported arguments \['promote_dtype'\]"),
     ]
     for arguments, message in cases:
         with pytest.raises(ValueError, match=message):
@@ -87,8 +88,11 @@ def test_segment_ids_dtype_precision_and_batch_dimensions_map_through():
     np.testing.assert_allclose(fn(q, k, v, segment_ids=ids), expected, rtol=1e-6)
     low = fn(q, k, v, dtype=jnp.bfloat16, precision=jax.lax.Precision.HIGHEST)
     assert low.dtype == jnp.bfloat16 and relative_error(low, fn(q, k, v)) < 2e-2
-    stacked = fn(*(x.reshape(1, 2, *x.shape[1:]) for x in (q, k, v)))  # two batch dims
-    np.testing.assert_allclose(stacked.reshape(q.shape), fn(q, k, v), rtol=1e-6)
+    stacked = fn(*(x.reshape(1, 2, *x.shape[1:]) for x in (q, k, v)),  # two batch dims
+                 segment_ids=ids.reshape(1, 2, 12))
+    np.testing.assert_allclose(stacked.reshape(q.shape), expected, rtol=1e-6)
+    mixed = fn(q, k.astype(jnp.bfloat16), v)  # promoted, as Flax does
+    assert mixed.dtype == jnp.float32
     assert "dense" in causal_ops()
 
 

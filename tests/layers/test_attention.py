@@ -60,3 +60,12 @@ def test_a_hierarchy_op_gets_zorder_tokens_and_rope_rows_move_with_them():
 def test_input_errors_say_what_is_expected(layer, x, message):
     with pytest.raises(ValueError, match=message):
         layer.init(jax.random.key(0), x)
+
+
+def test_op_kwargs_add_to_the_op_defaults():
+    """kernel_size comes from neighborhood's default_kwargs (13), dilation from op_kwargs."""
+    x = grid_input((1, 16, 16, 16))
+    layer = Attention(num_heads=2, op="neighborhood", op_kwargs={"dilation": 1})
+    explicit = Attention(num_heads=2, op="neighborhood", op_kwargs={"kernel_size": 13})
+    params = layer.init(jax.random.key(1), x)
+    np.testing.assert_array_equal(layer.apply(params, x), explicit.apply(params, x))

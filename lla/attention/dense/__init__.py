@@ -19,7 +19,6 @@ from lla.attention.common.validation import (
     SegmentIds,
     check_flag,
     check_qkv,
-    check_scale,
     default_scale,
     split_segment_ids,
 )
@@ -62,7 +61,6 @@ def dot_product_attention(
     check_qkv("dense", q, k, v)
     causal = check_flag("dense", "causal", causal)
     return_residuals = check_flag("dense", "return_residuals", return_residuals)
-    check_scale("dense", scale)
     segments = split_segment_ids("dense", segment_ids, q, k)
     scale = default_scale(q.shape[-1], scale)
     static = dict(causal=causal, segments=segments, scale=scale,
