@@ -1,4 +1,5 @@
-r"""Training throughput of the DiT with several attention ops, same process, same batch.
+r"""Training throughput of any model family with several attention ops, same process, same
+batch.
 
     python -m experiments.bench_train --config=configs/llsa_pixel.py:res=256,model=S \
         --attentions=llsa,dense --batch_size=2 --steps=10
@@ -6,10 +7,14 @@ r"""Training throughput of the DiT with several attention ops, same process, sam
 For each attention (with the config's own kwargs for its op, and the op's registered
 `default_kwargs` for the others): builds the experiment (any model family and objective)
 from the config, runs warm-up steps, then times --steps jitted train steps on a fixed batch
-(block_until_ready). Reports
-examples/s, tokens/s and the speed-up over the last attention listed (the baseline,
-"dense" by default), the process's device-memory high-water mark after each attention (a
-running maximum, not per attention), and writes `<results_dir>/<device>/<name>.json`.
+(block_until_ready). Reports examples/s, tokens/s, the speed-up over the last attention
+listed (the baseline, "dense" by default), for models that count their FLOPs
+(`train_flops_per_example`) the model-FLOP utilisation against the device's dense bf16 peak,
+the process's device-memory high-water mark after each attention (a running maximum, not per
+attention), and writes `<results_dir>/<device>/<name>.json`.
+
+    python -m experiments.bench_train --config=configs/lm_shakespeare.py:model=gpt2_small,\
+context=2048,vocab=50304 --attentions=dense --batch_size=8 --config.model.dtype=bfloat16
 """
 
 from __future__ import annotations
@@ -33,8 +38,13 @@ flags.DEFINE_integer("steps", 10, "timed steps")
 flags.DEFINE_integer("warmup", 2, "untimed steps after compilation")
 flags.DEFINE_string("name", "train_throughput", "results file name")
 flags.DEFINE_string("results_dir", "experiments/results", "results root; <device>/ is added")
+flags.DEFINE_float("peak_tflops", 0.0, "the device's peak dense TFLOP/s for model-FLOP "
+                   "utilisation (0: from PEAK_TFLOPS by device kind)")
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
+
+# Dense bf16 tensor-core peak (no sparsity), TFLOP/s, by `device_kind`.
+PEAK_TFLOPS = {"NVIDIA H200": 989.4, "NVIDIA H100 80GB HBM3": 989.4}
 
 
 def measure(config, attention: str) -> dict:
@@ -62,11 +72,20 @@ def measure(config, attention: str) -> dict:
     seconds = (time.perf_counter() - start) / FLAGS.steps
     tokens = experiment.tokens_per_step()
     stats = jax.devices()[0].memory_stats() or {}
-    return {"attention": attention, "attention_kwargs": dict(config.model.attention_kwargs),
-            "step_s": seconds, "examples_per_s": FLAGS.batch_size / seconds,
-            "tokens_per_s": tokens / seconds, "first_step_s": compile_s,
-            "final_loss": float(metrics["loss"]),
-            "process_peak_bytes": stats.get("peak_bytes_in_use")}
+    row = {"attention": attention, "attention_kwargs": dict(config.model.attention_kwargs),
+           "step_s": seconds, "examples_per_s": FLAGS.batch_size / seconds,
+           "tokens_per_s": tokens / seconds, "first_step_s": compile_s,
+           "final_loss": float(metrics["loss"]),
+           "process_peak_bytes": stats.get("peak_bytes_in_use")}
+    flops = getattr(experiment.model, "train_flops_per_example", None)
+    if flops is not None:
+        row["model_flops_per_step"] = FLAGS.batch_size * flops(
+            experiment.model.tokens_per_example)
+        row["model_tflops_per_s"] = row["model_flops_per_step"] / seconds / 1e12
+        peak = FLAGS.peak_tflops or PEAK_TFLOPS.get(jax.devices()[0].device_kind)
+        row["peak_tflops"] = peak
+        row["mfu"] = row["model_tflops_per_s"] / peak if peak else None
+    return row
 
 
 def main(argv) -> None:

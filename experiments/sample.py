@@ -10,14 +10,10 @@ from __future__ import annotations
 import pathlib
 
 import jax
-import ml_collections
 from absl import app, flags, logging
 
+from experiments.checkpoints import restore
 from lla.data.imaging import image_grid, save_png
-from lla.training import sharding
-from lla.training import workdir as workdirs
-from lla.training.checkpoint import Checkpointer
-from lla.training.experiment import Experiment
 
 flags.DEFINE_string("workdir", None, "a training run's workdir (the config in force at the "
                     "checkpoint's step comes from its config history)")
@@ -36,17 +32,13 @@ def main(argv) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)
     workdir = pathlib.Path(FLAGS.workdir)
-    checkpointer = Checkpointer(workdir)
-    step = FLAGS.step or checkpointer.latest_step()
-    if step is None:
-        raise SystemExit(f"no checkpoint in {workdir / 'checkpoints'}")
-    config = ml_collections.ConfigDict(workdirs.config_at(workdir, step))
-    experiment = Experiment.from_config(config)
-    if not hasattr(experiment.objective, "sampler"):
-        raise SystemExit(f"objective {config.objective.name!r} of {workdir} does not sample "
-                         f"images")
-    state, _ = checkpointer.restore(step, experiment.initial_state(sharding.data_mesh()))
-    checkpointer.close()
+
+    def samples_images(experiment):
+        if not hasattr(experiment.objective, "sampler"):
+            raise SystemExit(f"objective {experiment.config.objective.name!r} of {workdir} "
+                             f"does not sample images")
+
+    experiment, state, step = restore(workdir, FLAGS.step, check=samples_images)
     sampler = experiment.objective.sampler(experiment.model, count=FLAGS.count,
                                            steps=FLAGS.steps,
                                            guidance_scale=FLAGS.guidance_scale)

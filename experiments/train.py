@@ -17,6 +17,7 @@ traceback.
 from __future__ import annotations
 
 import pathlib
+import re
 import sys
 import warnings
 
@@ -74,5 +75,16 @@ def main(argv) -> int:
     return 0
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, but a bad flag or a config file's own error (e.g. an unknown
+    attention name) is one line ("error: ...") and exit status 2, not a traceback."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        last = str(error).strip().splitlines()[-1].strip()
+        print(f"error: {re.sub(r'^[A-Za-z]+Error: ', '', last)}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

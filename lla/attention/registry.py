@@ -60,7 +60,9 @@ class Capabilities:
                     (neighbourhood attention).
       segments: supports `segment_ids` (packed variable-length sequences).
       gqa: k/v may have fewer heads than q (a divisor).
-      decode: supports incremental decoding (q shorter than k/v with a cache).
+      decode: supports incremental decoding over a fixed-size KV cache: q may be shorter
+        than k/v (Nq != Nk) and the op takes `kv_lengths` (int [B]; keys j >= kv_lengths[b]
+        are masked: the cache's unfilled part), combinable with `causal` (top-left aligned).
       trainable: has a backward pass (gradients into q, k, v).
       dtypes: floating dtypes accepted by at least one implementation.
     """

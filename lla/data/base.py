@@ -132,9 +132,17 @@ def batches(source: ImageSource, *, batch_size: int, seed: int, start_step: int 
     step is prepared while the caller works on the current one. Errors raised by the source
     surface here, in Python, before anything reaches JAX; bad arguments raise ValueError at
     the call, not at the first `next`.
+
+    A source with its own batching (a `batches` method with these keyword arguments, e.g.
+    the token sources of `lla.data.text`) is asked for its batches instead, after the same
+    argument checks.
     """
     check_batching(source, batch_size=batch_size, seed=seed, start_step=start_step,
                    process_index=process_index, process_count=process_count)
+    if hasattr(source, "batches"):
+        return source.batches(batch_size=int(batch_size), seed=int(seed),
+                              start_step=int(start_step), process_index=int(process_index),
+                              process_count=int(process_count))
     return generate_batches(source, batch_size=int(batch_size), seed=int(seed),
                             start_step=int(start_step), process_index=int(process_index),
                             process_count=int(process_count),

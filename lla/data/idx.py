@@ -78,6 +78,7 @@ def fashion_mnist(directory: str | os.PathLike = "data/fashion-mnist", split: st
                          f"[N], got {images.dtype} {images.shape} and {labels.shape}")
     return ArraySource(images, labels, resolution=resolution, channels=channels,
                        num_classes=len(FASHION_MNIST_CLASSES),
+                       class_names=FASHION_MNIST_CLASSES,
                        resample=Image.Resampling.BILINEAR)
 
 

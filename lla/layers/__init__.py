@@ -1,4 +1,5 @@
-"""Linen modules built on `lla.attention`: the attention layer, MLP, adaLN, embeddings, RoPE.
+"""Linen modules built on `lla.attention`: the attention layer, MLP, adaLN, embeddings, RoPE
+(1-D and 2-D).
 
     from lla.layers import Attention
     y = Attention(num_heads=8, op="neighborhood", op_kwargs={"kernel_size": 7}).apply(
@@ -8,8 +9,8 @@
 from lla.layers.adaln import AdaLNModulation, layer_norm, modulate
 from lla.layers.attention import Attention, RMSNorm
 from lla.layers.embeddings import LabelEmbedder, TimestepEmbedder, timestep_features
-from lla.layers.mlp import Mlp
-from lla.layers.rope import apply_rope, rope_2d
+from lla.layers.mlp import Mlp, SwiGLU
+from lla.layers.rope import apply_rope, rope_1d, rope_2d
 
 __all__ = [
     "AdaLNModulation",
@@ -17,10 +18,12 @@ __all__ = [
     "LabelEmbedder",
     "Mlp",
     "RMSNorm",
+    "SwiGLU",
     "TimestepEmbedder",
     "apply_rope",
     "layer_norm",
     "modulate",
+    "rope_1d",
     "rope_2d",
     "timestep_features",
 ]

@@ -1,7 +1,7 @@
 """Model families by name: each is a module `lla.models.<family>` that exports `Model` (a
 linen module class) and `PRESETS` (named size presets, dicts of `Model` fields).
 
-    lla.models.names()                                   # ('dit',)
+    lla.models.names()                                   # ('dit', 'lm', 'vit')
     family = lla.models.get("dit")                       # the module
     model = lla.models.build("dit", preset="S", resolution=256, attention="llsa")
     from lla.models import DiT                           # the classes, directly
@@ -54,5 +54,7 @@ def build(name: str, preset: str | None = None, **fields) -> nn.Module:
 
 
 from lla.models.dit import DiT  # noqa: E402 - the classes, after the lookup functions
+from lla.models.lm import LM  # noqa: E402
+from lla.models.vit import ViT  # noqa: E402
 
-__all__ = ["DiT", "build", "get", "names"]
+__all__ = ["LM", "DiT", "ViT", "build", "get", "names"]

@@ -1,16 +1,27 @@
 """The interface between an objective and the generic training loop (`lla.training`)."""
 
-from __future__ import annotations
-
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import flax.linen as nn
 import jax
 import numpy as np
 
-# scalars {name: float} and images {name: uint8 [H, W, C]} of one periodic evaluation
-Evaluation = tuple[Mapping[str, float], Mapping[str, np.ndarray]]
+
+class Evaluation(NamedTuple):
+    """What one periodic evaluation reports; the loop writes scalars to the metrics, each
+    image to `<workdir>/<name>/step_<step>.png` and each text to
+    `<workdir>/<name>/step_<step>.txt`.
+
+    Attributes:
+      scalars: {name: float}, e.g. {"test/accuracy": 0.91}.
+      images: {name: uint8 [H, W, C]}, e.g. a sample grid or a confusion matrix.
+      texts: {name: str}, e.g. generated text.
+    """
+
+    scalars: Mapping[str, float]
+    images: Mapping[str, np.ndarray] = {}
+    texts: Mapping[str, str] = {}
 
 
 class Objective(Protocol):
@@ -32,7 +43,9 @@ class Objective(Protocol):
         train step, `key` is the step's randomness."""
         ...
 
-    def evaluator(self, model: nn.Module, source) -> Callable[[Any, jax.Array], Evaluation] | None:
-        """`evaluate(params, key) -> (scalars, images)` run every `config.eval_every` steps
-        on the EMA weights, or None when the objective has no periodic evaluation."""
+    def evaluator(self, model: nn.Module, source,
+                  eval_source=None) -> Callable[[Any, jax.Array], Evaluation] | None:
+        """`evaluate(params, key) -> Evaluation` run every `config.eval_every` steps on the
+        EMA weights, or None when the objective has no periodic evaluation. `eval_source` is
+        the held-out data of `config.eval_data` (None when the config has none)."""
         ...

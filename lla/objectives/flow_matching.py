@@ -30,6 +30,7 @@ import numpy as np
 
 from lla.data.imaging import image_grid
 from lla.objectives import flow_sampling
+from lla.objectives.base import Evaluation
 from lla.objectives.flow_sampling import VelocityFn
 
 
@@ -171,9 +172,11 @@ class Objective:
 
         return sample
 
-    def evaluator(self, model: nn.Module, source):
+    def evaluator(self, model: nn.Module, source, eval_source=None):
         """Sample grid {"samples": uint8 image} and, where the source scores samples,
-        {"samples/<statistic>": value}."""
+        {"samples/<statistic>": value}; `eval_source` is not used (samples need no
+        held-out data)."""
+        del eval_source
         sample = self.sampler(model, count=self.sample_count, steps=self.sample_steps,
                               guidance_scale=self.guidance_scale)
         statistics = getattr(source, "sample_statistics", None)
@@ -183,6 +186,6 @@ class Objective:
             scalars = {} if statistics is None else {
                 f"samples/{name}": value for name, value in
                 statistics(images.astype(np.float32) / 127.5 - 1.0).items()}
-            return scalars, {"samples": image_grid(images)}
+            return Evaluation(scalars, {"samples": image_grid(images)})
 
         return evaluate

@@ -4,7 +4,8 @@
     state = experiment.initial_state(mesh)
     step = jax.jit(experiment.train_step(), donate_argnums=0)
 
-`config.data` names the source (`lla.data.get_source`), `config.objective` the objective
+`config.data` names the source (`lla.data.get_source`), the optional `config.eval_data` (same
+layout) the held-out source the objective evaluates on, `config.objective` the objective
 (`lla.objectives.build`), `config.model` the model family and preset (`lla.models.build`);
 the objective adds the model fields that follow from the data. Nothing here knows a model or
 an objective by name.
@@ -86,6 +87,7 @@ class Experiment:
     objective: objectives.Objective
     model: nn.Module
     optimizer: optax.GradientTransformation
+    eval_source: Any = None
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> Experiment:
@@ -93,6 +95,9 @@ class Experiment:
         config = upgrade_config(config)
         check_config(config)
         source = data.get_source(config.data.name, **_plain(config.data.kwargs))
+        eval_source = (data.get_source(config.eval_data.name,
+                                       **_plain(config.eval_data.get("kwargs", {})))
+                       if config.get("eval_data") else None)
         objective = objectives.build(**_plain(config.objective))
         fields, from_data = model_fields(config.model), objective.model_fields(source)
         clash = sorted(set(fields) & set(from_data))
@@ -101,7 +106,7 @@ class Experiment:
                              f"data ({from_data}); remove them from config.model")
         model = models.build(**fields, **from_data)
         optimizer = optim.make_optimizer(**_plain(config.optimizer))
-        return cls(config, source, objective, model, optimizer)
+        return cls(config, source, objective, model, optimizer, eval_source)
 
     def initial_state(self, mesh) -> train_state.TrainState:
         """Step-0 train state (parameters from key `config.seed`), replicated over `mesh`."""

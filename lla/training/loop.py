@@ -216,7 +216,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
             workdirs.record_start(workdir, start, config_dict)
         writer = MetricWriter(workdir, enabled=is_chief)
         step_fn = jax.jit(experiment.train_step(), donate_argnums=0)
-        evaluate = experiment.objective.evaluator(experiment.model, experiment.source)
+        evaluate = experiment.objective.evaluator(experiment.model, experiment.source,
+                                                  experiment.eval_source)
         batches = data.batches(experiment.source, batch_size=config.batch_size,
                                seed=config.seed, start_step=start,
                                process_index=jax.process_index(),
@@ -298,12 +299,17 @@ def _run(state, steps, step_fn, batches, mesh, config, workdir, checkpointer, wr
 
 def _evaluate(evaluate, state, step, config, workdir, writer) -> None:
     """The objective's evaluation on the EMA weights: images to
-    `<workdir>/<name>/step_<step>.png` and TensorBoard, scalars to the metrics."""
-    scalars, images = evaluate(state.ema_params, jax.random.key(config.seed + 1))
+    `<workdir>/<name>/step_<step>.png` and TensorBoard, texts to
+    `<workdir>/<name>/step_<step>.txt`, scalars to the metrics."""
+    evaluation = evaluate(state.ema_params, jax.random.key(config.seed + 1))
     if jax.process_index() != 0:
         return
-    for name, image in images.items():
+    for name, image in evaluation.images.items():
         save_png(image, workdir / name / f"step_{step:07d}.png")
         writer.write_image(step, name, image)
-    if scalars:
-        writer.write(step, dict(scalars))
+    for name, text in evaluation.texts.items():
+        path = workdir / name / f"step_{step:07d}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    if evaluation.scalars:
+        writer.write(step, dict(evaluation.scalars))

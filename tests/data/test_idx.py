@@ -53,6 +53,7 @@ def test_fashion_mnist_from_idx_files(tmp_path, gz):
     images, labels = write_fashion_mnist(tmp_path, gz=gz)
     source = fashion_mnist(tmp_path, "train", resolution=28, channels=1)
     assert (source.num_examples, source.num_classes) == (6, 10)
+    assert source.class_names[0] == "t-shirt/top" and source.class_names[9] == "ankle boot"
     for index in range(6):
         image, label = source.example(index)
         np.testing.assert_array_equal(image[..., 0], images[index])

@@ -1,4 +1,5 @@
-"""2-D RoPE: rotations preserve norms and make q·k depend only on the position offset."""
+"""RoPE: rotations preserve norms and make q·k depend only on the position offset; 1-D angles
+written out per pair; per-row positions [B, N, D/2]."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from lla.layers.rope import apply_rope, rope_2d
+from lla.layers.rope import apply_rope, rope_1d, rope_2d
 
 
 def test_scores_depend_only_on_relative_position():
@@ -62,3 +63,38 @@ def test_each_half_of_a_head_rotates_with_its_own_axis():
                                rtol=1e-6)
     np.testing.assert_allclose(got[0, 1, :, head_dim // 2:], x[0, 1, :, head_dim // 2:],
                                rtol=1e-6)
+
+
+def test_1d_pairs_turn_by_position_times_their_frequency():
+    """Pair i turns by p·θ^(-i/(D/2)); an off-by-one exponent (i+1, or D instead of D/2)
+    fails here."""
+    head_dim, theta = 8, 500.0
+    positions = np.array([0, 1, 6, 11])
+    x = np.asarray(jax.random.normal(jax.random.key(4), (1, 4, 2, head_dim)), np.float64)
+    cos, sin = rope_1d(positions, head_dim, theta)
+    assert cos.shape == (4, head_dim // 2)
+    got = np.asarray(apply_rope(jax.numpy.asarray(x, np.float32), cos, sin))
+    angles = positions[:, None] * theta ** (-np.arange(head_dim // 2) / (head_dim // 2))
+    even, odd = x[0, :, :, 0::2], x[0, :, :, 1::2]
+    c, s = np.cos(angles)[:, None], np.sin(angles)[:, None]
+    np.testing.assert_allclose(got[0, :, :, 0::2], even * c - odd * s, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[0, :, :, 1::2], even * s + odd * c, rtol=1e-5, atol=1e-5)
+
+
+def test_per_row_positions_rotate_each_row_by_its_own():
+    """cos/sin [B, N, D/2] (packed sequences): row b is rotated exactly as a [N, D/2] call
+    with row b's positions."""
+    x = jax.random.normal(jax.random.key(5), (2, 5, 3, 8))
+    positions = np.array([[0, 1, 2, 3, 4], [0, 1, 0, 1, 2]])
+    rotated = apply_rope(x, *rope_1d(positions, 8))
+    for row in range(2):
+        expected = apply_rope(x[row:row + 1], *rope_1d(positions[row], 8))
+        np.testing.assert_array_equal(rotated[row:row + 1], expected)
+
+
+def test_rejects_odd_head_dim_and_mismatched_angles():
+    with pytest.raises(ValueError, match="even head_dim"):
+        rope_1d(np.arange(4), 7)
+    x = jax.numpy.zeros((2, 5, 3, 8))
+    with pytest.raises(ValueError, match=r"\[N, D/2\] = \(5, 4\) or \[B, N, D/2\]"):
+        apply_rope(x, *rope_1d(np.arange(4), 8))

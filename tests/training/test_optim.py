@@ -53,3 +53,20 @@ def test_train_step_averages_the_updated_parameters():
         np.testing.assert_allclose(np.asarray(state.ema_params["w"]), ema, rtol=1e-6)
     assert not np.allclose(history[-1], history[-2])  # the parameters did move
     assert int(state.step) == 4
+
+
+@pytest.mark.parametrize(("kwargs", "points"), [
+    ({}, {0: 1.0, 500: 1.0}),
+    ({"warmup_steps": 10}, {0: 0.0, 5: 0.5, 10: 1.0, 1000: 1.0}),
+    ({"warmup_steps": 10, "decay_steps": 110, "end_fraction": 0.1},
+     {5: 0.5, 10: 1.0, 60: 0.55, 110: 0.1, 5000: 0.1}),  # half-way down the cosine
+])
+def test_learning_rate_schedule(kwargs, points):
+    schedule = optim.learning_rate_schedule(2.0, **kwargs)
+    for step, fraction in points.items():
+        assert float(schedule(step)) == pytest.approx(2.0 * fraction, abs=1e-6), step
+
+
+def test_decay_must_end_after_the_warmup():
+    with pytest.raises(ValueError, match="decay_steps 10 must exceed warmup_steps 10"):
+        optim.learning_rate_schedule(1.0, warmup_steps=10, decay_steps=10)

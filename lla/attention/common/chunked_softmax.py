@@ -6,9 +6,10 @@ custom VJP recomputes each [q_chunk, kv_chunk] logit block from (q, k, lse), so 
 O(B·H·chunk² + B·N·H·D) for any N. All arithmetic is f32 at `Precision.HIGHEST`: this is the
 oracle the kernels are tested against.
 
-Masking: key j is visible to query i when j < Nk (padding), j <= i if causal (top-left
-aligned, as `jax.nn.dot_product_attention`), and their segment ids are equal. A query that
-sees no key gets output 0 and lse = -inf.
+Masking: key j is visible to query i of batch row b when j < Nk (padding), j <= i if causal
+(top-left aligned, as `jax.nn.dot_product_attention`), j < kv_lengths[b] if given (a KV cache
+holding kv_lengths[b] valid entries), and their segment ids are equal. A query that sees no
+key gets output 0 and lse = -inf.
 """
 
 from __future__ import annotations
@@ -49,9 +50,10 @@ class _Blocks:
     Shapes (nq, nk = numbers of chunks; cq, ck = chunk sizes; G = H // Hkv):
       q: [nq, B, Hkv, G, cq, D]   k, v: [nk, B, Hkv, ck, D]
       q_pos: [nq, cq]  k_pos: [nk, ck]  q_seg: [nq, B, cq]  k_seg: [nk, B, ck] (or None)
+      kv_lengths: [B] int32 (or None)
     """
 
-    def __init__(self, q, k, v, segments, chunk_q, chunk_k):
+    def __init__(self, q, k, v, segments, kv_lengths, chunk_q, chunk_k):
         batch, self.q_tokens, heads, head_dim = q.shape
         self.kv_tokens, self.kv_heads = k.shape[1], k.shape[2]
         self.groups = heads // self.kv_heads
@@ -63,6 +65,7 @@ class _Blocks:
         self.v = _chunks(v.transpose(0, 2, 1, 3).astype(jnp.float32), self.chunk_k, 2)
         self.q_pos = _positions(self.q_tokens, self.chunk_q)
         self.k_pos = _positions(self.kv_tokens, self.chunk_k)
+        self.kv_lengths = kv_lengths
         if segments is None:
             self.q_seg = self.k_seg = None
         else:
@@ -80,6 +83,8 @@ class _Blocks:
         if causal:
             mask = mask & (k_pos[None, :] <= q_pos[:, None])
         mask = mask[None]
+        if self.kv_lengths is not None:
+            mask = mask & (k_pos[None, None, :] < self.kv_lengths[:, None, None])
         if q_seg is not None:
             mask = mask & (q_seg[:, :, None] == k_seg[:, None, :])
         return mask[:, None, None]
@@ -89,8 +94,8 @@ def _logits(q_block, k_block, scale):
     return _einsum("bhgqd,bhkd->bhgqk", q_block, k_block) * scale
 
 
-def _forward(q, k, v, segments, causal, scale, chunk_q, chunk_k):
-    blocks = _Blocks(q, k, v, segments, chunk_q, chunk_k)
+def _forward(q, k, v, segments, kv_lengths, causal, scale, chunk_q, chunk_k):
+    blocks = _Blocks(q, k, v, segments, kv_lengths, chunk_q, chunk_k)
 
     def one_q_chunk(args):
         q_block, q_pos, q_seg = args
@@ -129,9 +134,10 @@ def _unchunk(out, lse, q_shape, dtype):
     return out.transpose(0, 2, 1, 3).astype(dtype), lse
 
 
-def _backward(q, k, v, segments, out, lse, d_out, d_lse, causal, scale, chunk_q, chunk_k):
+def _backward(q, k, v, segments, kv_lengths, out, lse, d_out, d_lse, causal, scale, chunk_q,
+              chunk_k):
     """Gradients of (out, lse) w.r.t. q, k, v; recomputes the probabilities chunk by chunk."""
-    blocks = _Blocks(q, k, v, segments, chunk_q, chunk_k)
+    blocks = _Blocks(q, k, v, segments, kv_lengths, chunk_q, chunk_k)
     f32 = jnp.float32
     # delta_i = sum_d dO_i·O_i - dlse_i: the softmax-backward row term, with lse's cotangent.
     delta = jnp.einsum("bnhd,bnhd->bhn", d_out.astype(f32), out.astype(f32)) - d_lse
@@ -193,22 +199,22 @@ def _backward(q, k, v, segments, out, lse, d_out, d_lse, causal, scale, chunk_q,
     return dq.astype(q.dtype), unchunk_kv(dk).astype(k.dtype), unchunk_kv(dv).astype(v.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
-def _attention(q, k, v, segments, causal, scale, chunk_q, chunk_k):
-    return _forward(q, k, v, segments, causal, scale, chunk_q, chunk_k)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
+def _attention(q, k, v, segments, kv_lengths, causal, scale, chunk_q, chunk_k):
+    return _forward(q, k, v, segments, kv_lengths, causal, scale, chunk_q, chunk_k)
 
 
-def _attention_fwd(q, k, v, segments, causal, scale, chunk_q, chunk_k):
-    out, lse = _forward(q, k, v, segments, causal, scale, chunk_q, chunk_k)
-    return (out, lse), (q, k, v, segments, out, lse)
+def _attention_fwd(q, k, v, segments, kv_lengths, causal, scale, chunk_q, chunk_k):
+    out, lse = _forward(q, k, v, segments, kv_lengths, causal, scale, chunk_q, chunk_k)
+    return (out, lse), (q, k, v, segments, kv_lengths, out, lse)
 
 
 def _attention_bwd(causal, scale, chunk_q, chunk_k, residuals, cotangents):
-    q, k, v, segments, out, lse = residuals
+    q, k, v, segments, kv_lengths, out, lse = residuals
     d_out, d_lse = cotangents
-    dq, dk, dv = _backward(q, k, v, segments, out, lse, d_out, d_lse, causal, scale,
-                           chunk_q, chunk_k)
-    return dq, dk, dv, None
+    dq, dk, dv = _backward(q, k, v, segments, kv_lengths, out, lse, d_out, d_lse, causal,
+                           scale, chunk_q, chunk_k)
+    return dq, dk, dv, None, None
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
@@ -220,6 +226,7 @@ def chunked_attention(
     v: jax.Array,
     segments: tuple[jax.Array, jax.Array] | None = None,
     *,
+    kv_lengths: jax.Array | None = None,
     causal: bool = False,
     scale: float,
     chunk_q: int = 512,
@@ -231,6 +238,7 @@ def chunked_attention(
       q: [B, Nq, H, D].
       k, v: [B, Nk, Hkv, D], Hkv dividing H (query head h uses kv head h // (H // Hkv)).
       segments: optional (q_segment_ids [B, Nq], kv_segment_ids [B, Nk]) integer arrays.
+      kv_lengths: optional int32 [B]: row b sees only keys j < kv_lengths[b].
       causal: key j visible to query i only if j <= i.
       scale: logit multiplier.
       chunk_q, chunk_k: chunk sizes (any positive ints; the last chunk may be partial).
@@ -239,4 +247,4 @@ def chunked_attention(
       out [B, Nq, H, D] in q's dtype and lse [B, H, Nq] f32 (natural log; -inf where a query
       sees no key).
     """
-    return _attention(q, k, v, segments, causal, scale, chunk_q, chunk_k)
+    return _attention(q, k, v, segments, kv_lengths, causal, scale, chunk_q, chunk_k)

@@ -83,6 +83,27 @@ def split_segment_ids(
     return q_ids, kv_ids
 
 
+def check_kv_lengths(op: str, kv_lengths, q: jax.Array, k: jax.Array) -> jax.Array | None:
+    """Returns `kv_lengths` (None, or an integer array `[B]`: the number of valid keys of each
+    batch row, e.g. the filled part of a KV cache) as int32.
+
+    Raises:
+      ValueError: not an integer array of shape (B,), naming what was expected.
+    """
+    if kv_lengths is None:
+        return None
+    batch, kv_tokens = q.shape[0], k.shape[1]
+    expected = (f"an integer array [{batch}] (valid keys per batch row, 0 to {kv_tokens}) "
+                f"or None")
+    if not isinstance(kv_lengths, jax.Array | np.ndarray):
+        raise ValueError(f"{op}: kv_lengths must be {expected}; got "
+                         f"{type(kv_lengths).__name__} {kv_lengths!r}")
+    if tuple(kv_lengths.shape) != (batch,) or not jnp.issubdtype(kv_lengths.dtype, jnp.integer):
+        raise ValueError(f"{op}: kv_lengths must be {expected}; got {kv_lengths.dtype} of "
+                         f"shape {tuple(kv_lengths.shape)}")
+    return jnp.asarray(kv_lengths, jnp.int32)
+
+
 def default_scale(head_dim: int, scale: float | None) -> float:
     """The logit scale: `scale` if given (checked by `check_scale`), else 1/sqrt(head_dim)."""
     check_scale("attention", scale)

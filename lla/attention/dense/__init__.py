@@ -18,6 +18,7 @@ from lla.attention import registry
 from lla.attention.common.validation import (
     SegmentIds,
     check_flag,
+    check_kv_lengths,
     check_qkv,
     default_scale,
     split_segment_ids,
@@ -32,6 +33,7 @@ def dot_product_attention(
     *,
     causal: bool = False,
     segment_ids: SegmentIds | None = None,
+    kv_lengths: jax.Array | None = None,
     scale: float | None = None,
     implementation: str | Sequence[str] | None = None,
     return_residuals: bool = False,
@@ -45,6 +47,9 @@ def dot_product_attention(
       causal: query i sees keys j <= i (top-left aligned when Nq != Nk).
       segment_ids: int [B, N] (Nq == Nk) or a pair ([B, Nq], [B, Nk]); a query sees only keys
         of its own segment. A query that sees no key outputs 0 (lse -inf).
+      kv_lengths: int [B] or None: row b sees only keys j < kv_lengths[b] (a KV cache
+        holding kv_lengths[b] valid entries; decoding passes q [B, 1, H, D] with the whole
+        cache as k/v). Combines with causal and segment_ids (all masks apply).
       scale: logit multiplier, default 1/sqrt(D).
       implementation: None (best available: "cudnn" on GPU for bf16/f16, else "xla"), a name,
         or a sequence of names tried in order.
@@ -62,8 +67,9 @@ def dot_product_attention(
     causal = check_flag("dense", "causal", causal)
     return_residuals = check_flag("dense", "return_residuals", return_residuals)
     segments = split_segment_ids("dense", segment_ids, q, k)
+    kv_lengths = check_kv_lengths("dense", kv_lengths, q, k)
     scale = default_scale(q.shape[-1], scale)
-    static = dict(causal=causal, segments=segments, scale=scale,
+    static = dict(causal=causal, segments=segments, kv_lengths=kv_lengths, scale=scale,
                   return_residuals=return_residuals)
     return registry.call(DENSE, implementation, q, k, v, **static)
 
@@ -71,7 +77,7 @@ def dot_product_attention(
 DENSE = registry.register(registry.AttentionOp(
     name="dense",
     fn=dot_product_attention,
-    capabilities=registry.Capabilities(causal=True, segments=True, gqa=True),
+    capabilities=registry.Capabilities(causal=True, segments=True, gqa=True, decode=True),
     implementations=(
         registry.Implementation("cudnn", cudnn.dense_cudnn, cudnn.unsupported_reasons,
                                 ("gpu",)),
@@ -79,5 +85,5 @@ DENSE = registry.register(registry.AttentionOp(
             "xla", reference.dense_xla,
             tunable=registry.Tunable(reference.default_config, ("chunk_q", "chunk_k"))),
     ),
-    summary="softmax attention over all keys (causal, segment_ids, GQA)",
+    summary="softmax attention over all keys (causal, segment_ids, GQA, kv_lengths)",
 ))

@@ -1,5 +1,11 @@
 """The "cudnn" implementation of dense attention: cuDNN flash attention through
-`jax.nn.dot_product_attention` (GPU, bf16/f16, no segment ids, no residuals)."""
+`jax.nn.dot_product_attention` (GPU, bf16/f16, no segment ids, no residuals); `kv_lengths`
+goes to it as `key_value_seq_lengths` (cuDNN's padding mask; a length of 0 outputs zeros).
+
+Not visible to `unsupported_reasons`, which cannot tell a forward from a differentiated call:
+jax's cuDNN backward raises NotImplementedError for an odd Nq or Nk (jax 0.11.2, when the
+call is differentiated); forward-only calls with odd lengths, e.g. decoding with Nq = 1, run
+(checked on an H200)."""
 
 from __future__ import annotations
 
@@ -9,14 +15,15 @@ import jax.numpy as jnp
 _CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 
 
-def dense_cudnn(q, k, v, *, causal, segments, scale, return_residuals):
-    """q [B, N, H, D], k/v [B, N, Hkv, D] -> [B, N, H, D]."""
+def dense_cudnn(q, k, v, *, causal, segments, kv_lengths, scale, return_residuals):
+    """q [B, Nq, H, D], k/v [B, Nk, Hkv, D] -> [B, Nq, H, D]."""
     del segments, return_residuals  # rejected by unsupported_reasons
     return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=causal,
+                                        key_value_seq_lengths=kv_lengths,
                                         implementation="cudnn")
 
 
-def unsupported_reasons(q, k, v, *, causal, segments, scale, return_residuals):
+def unsupported_reasons(q, k, v, *, causal, segments, kv_lengths, scale, return_residuals):
     """Why cuDNN cannot run these inputs (platform, dtype, head_dim, segments, residuals)."""
     reasons = []
     if jax.default_backend() != "gpu":
