@@ -143,11 +143,12 @@ class TokenSource:
             del batch["segment_ids"]
         return batch
 
-    def windows(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
-        """The packed windows `indices` (packing layout, with segment ids), e.g. for a
-        validation pass."""
+    def windows(self, indices: Sequence[int], *, segments: bool = True) -> dict[str, np.ndarray]:
+        """The packed windows `indices` (packing layout; with segment ids unless told not
+        to), e.g. for a validation pass."""
         n = self.sequence_length
-        return self.rows([(w * n, min(n, self.num_tokens - w * n)) for w in indices], n)
+        return self.rows([(w * n, min(n, self.num_tokens - w * n)) for w in indices], n,
+                         segments=segments)
 
     # --- Dataset Decomposition schedule ---------------------------------------------------
 
@@ -184,13 +185,11 @@ class TokenSource:
         """This process's share of global steps `start_step, ...` (arguments checked by
         `lla.data.batches`): rows [k·b/n, (k+1)·b/n) of each global batch of b rows."""
         if self.decomposition is None:
-            n = self.sequence_length
             for step in itertools.count(start_step):
-                indices = batch_indices(self.num_examples, batch_size=batch_size, seed=seed,
-                                        step=step, process_index=process_index,
-                                        process_count=process_count)
-                yield self.rows([(w * n, min(n, self.num_tokens - w * n)) for w in indices], n,
-                                segments=self.row_segments)
+                yield self.windows(batch_indices(
+                    self.num_examples, batch_size=batch_size, seed=seed, step=step,
+                    process_index=process_index, process_count=process_count),
+                    segments=self.row_segments)
             return
         steps_per_epoch = len(self.epoch_schedule(batch_size, seed, 0))
         for step in itertools.count(start_step):

@@ -51,6 +51,9 @@ def document_inputs(model: nn.Module, batch) -> dict[str, jax.Array]:
         return {}
     if lla.attention.get(model.attention).capabilities.segments:
         return {"segment_ids": batch["segment_ids"]}
+    warnings.warn(f"attention {model.attention!r} cannot mask documents (segment_ids): "
+                  f"documents packed into one row see each other; train with Dataset "
+                  f"Decomposition (one document per row) to avoid it", stacklevel=2)
     return {"positions": model.document_positions(jnp.asarray(batch["segment_ids"]))}
 
 
@@ -83,11 +86,6 @@ class Objective:
 
     def init(self, model: nn.Module, key: jax.Array):
         """Parameters of `model` initialised on one row of zeros of its context length."""
-        if not lla.attention.get(model.attention).capabilities.segments:
-            warnings.warn(f"attention {model.attention!r} cannot mask documents "
-                          f"(segment_ids): documents packed into one row see each other; "
-                          f"train with Dataset Decomposition (one document per row) to avoid "
-                          f"it", stacklevel=2)
         tokens = jnp.zeros((1, model.context), jnp.int32)
         return jax.jit(model.init)(key, tokens)
 

@@ -85,6 +85,7 @@ def test_document_inputs_follow_the_op_and_the_batch():
     assert next_token.document_inputs(dense, {"tokens": segments}) == {}
     np.testing.assert_array_equal(
         next_token.document_inputs(dense, {"segment_ids": segments})["segment_ids"], segments)
-    positions = next_token.document_inputs(window, {"segment_ids": segments})
+    with pytest.warns(UserWarning, match="cannot mask documents"):
+        positions = next_token.document_inputs(window, {"segment_ids": segments})
     assert list(positions) == ["positions"]  # neighborhood cannot mask segments
     np.testing.assert_array_equal(positions["positions"], [[0, 1, 2, 0, 1, 0]])
