@@ -11,10 +11,13 @@ from the config, runs warm-up steps, then times --steps jitted train steps on a 
 listed (the baseline, "dense" by default), for models that count their FLOPs
 (`train_flops_per_example`) the model-FLOP utilisation against the device's dense bf16 peak,
 the process's device-memory high-water mark after each attention (a running maximum, not per
-attention), and writes `<results_dir>/<device>/<name>.json`.
+attention), and writes `<results_dir>/<device>/<name>.json`. With --profile_steps=N it also
+traces N steps and reports where the device time goes: per op category, forward/backward,
+model scope and kernel (`experiments/profiling.py`).
 
     python -m experiments.bench_train --config=configs/lm_shakespeare.py:model=gpt2_small,\
-context=2048,vocab=50304 --attentions=dense --batch_size=8 --config.model.dtype=bfloat16
+context=2048,vocab=50304 --attentions=dense --batch_size=16 --config.model.dtype=bfloat16 \
+        --config.data.kwargs.document_masking=False --profile_steps=3
 """
 
 from __future__ import annotations
@@ -27,17 +30,21 @@ from ml_collections import config_flags
 
 import lla.attention
 from experiments.benchmarking import write_report
+from experiments.profiling import format_summary, profile_steps
 from lla import data
 from lla.training import sharding
 from lla.training.experiment import Experiment
 
 config_flags.DEFINE_config_file("config", None, "training config (file.py:arg)")
-flags.DEFINE_list("attentions", ["llsa", "dense"], "attention ops; the last is the baseline")
+flags.DEFINE_list("attentions", ["llsa", "dense"], "attention ops; the last is the baseline "
+                  "(models without attention, e.g. ConvS5, take one entry: none)")
 flags.DEFINE_integer("batch_size", 2, "global batch size")
 flags.DEFINE_integer("steps", 10, "timed steps")
 flags.DEFINE_integer("warmup", 2, "untimed steps after compilation")
 flags.DEFINE_string("name", "train_throughput", "results file name")
 flags.DEFINE_string("results_dir", "experiments/results", "results root; <device>/ is added")
+flags.DEFINE_integer("profile_steps", 0, "also trace this many steps with the JAX profiler "
+                     "and report where the device time goes (experiments/profiling.py)")
 flags.DEFINE_float("peak_tflops", 0.0, "the device's peak dense TFLOP/s for model-FLOP "
                    "utilisation (0: from PEAK_TFLOPS by device kind)")
 flags.mark_flags_as_required(["config"])
@@ -49,7 +56,9 @@ PEAK_TFLOPS = {"NVIDIA H200": 989.4, "NVIDIA H100 80GB HBM3": 989.4}
 
 def measure(config, attention: str) -> dict:
     config = config.copy_and_resolve_references()
-    if attention != config.model.attention:
+    if "attention" not in config.model:  # a family without attention (ConvS5)
+        attention = "none"
+    elif attention != config.model.attention:
         config.model.attention = attention
         config.model.attention_kwargs = dict(lla.attention.get(attention).default_kwargs)
     config.batch_size = FLAGS.batch_size
@@ -72,7 +81,8 @@ def measure(config, attention: str) -> dict:
     seconds = (time.perf_counter() - start) / FLAGS.steps
     tokens = experiment.tokens_per_step()
     stats = jax.devices()[0].memory_stats() or {}
-    row = {"attention": attention, "attention_kwargs": dict(config.model.attention_kwargs),
+    row = {"attention": attention,
+           "attention_kwargs": dict(config.model.get("attention_kwargs") or {}),
            "step_s": seconds, "examples_per_s": FLAGS.batch_size / seconds,
            "tokens_per_s": tokens / seconds, "first_step_s": compile_s,
            "final_loss": float(metrics["loss"]),
@@ -85,6 +95,14 @@ def measure(config, attention: str) -> dict:
         peak = FLAGS.peak_tflops or PEAK_TFLOPS.get(jax.devices()[0].device_kind)
         row["peak_tflops"] = peak
         row["mfu"] = row["model_tflops_per_s"] / peak if peak else None
+    if FLAGS.profile_steps:
+        def run_step():
+            nonlocal state
+            state, _ = step(state, batch)
+            return state
+        row["profile"] = profile_steps(run_step, FLAGS.profile_steps,
+                                       hlo_text=step.lower(state, batch).compile().as_text())
+        print(f"{attention}: {format_summary(row['profile'])}", flush=True)
     return row
 
 

@@ -5,7 +5,9 @@ rngs={"dropout": ...}) -> logits float32 [B, K]` and has the fields resolution, 
 num_classes (K), which this objective fills from the data (e.g. `lla.models.vit`).
 
     training     mean softmax cross-entropy against the labels, optionally label-smoothed
-                 (target (1 - a) one_hot + a / K); the batch accuracy is logged with it.
+                 (target (1 - a) one_hot + a / K), on images optionally augmented on the
+                 device (`augment_images`: random left-right mirror, random translation by
+                 up to `max_shift` pixels); the batch accuracy is logged with it.
     evaluation   accuracy, plain cross-entropy and a confusion-matrix picture over a fixed
                  set of examples, every `config.eval_every` steps on the EMA weights:
                  - `config.eval_data` given: its first `eval_count` examples (all of a
@@ -46,6 +48,25 @@ def cross_entropy(logits: jax.Array, labels: jax.Array,
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
+def augment_images(images: jax.Array, key: jax.Array, *, flip: bool,
+                   max_shift: int) -> jax.Array:
+    """images [B, H, W, C] -> [B, H, W, C]: each image mirrored left-right with probability
+    1/2 (`flip`), then translated by integer offsets drawn uniformly from
+    [-max_shift, max_shift] on each axis, the border pixels extended into the gap."""
+    flip_key, shift_key = jax.random.split(key)
+    batch, height, width, channels = images.shape
+    if flip:
+        mirrored = jax.random.bernoulli(flip_key, 0.5, (batch,))
+        images = jnp.where(mirrored[:, None, None, None], images[:, :, ::-1], images)
+    if max_shift:
+        padded = jnp.pad(images, ((0, 0), (max_shift,) * 2, (max_shift,) * 2, (0, 0)),
+                         mode="edge")
+        corners = jax.random.randint(shift_key, (batch, 2), 0, 2 * max_shift + 1)
+        images = jax.vmap(lambda image, corner: jax.lax.dynamic_slice(
+            image, (corner[0], corner[1], 0), (height, width, channels)))(padded, corners)
+    return images
+
+
 def eval_indices(num_examples: int | None, count: int) -> list[int]:
     """The example indices an evaluation reads: the first min(count, N) of a finite source
     of N examples; of an infinite source, the first `count` positions of the stream of seed
@@ -76,6 +97,8 @@ class Objective:
 
     Attributes:
       label_smoothing: a in [0, 1); training targets (1 - a) one_hot + a / K.
+      flip: mirror training images left-right at random (`augment_images`).
+      max_shift: translate training images by up to this many pixels per axis (0: off).
       eval_count: examples per evaluation (all of a smaller finite source).
       eval_batch_size: examples per jitted forward pass in evaluation.
     """
@@ -84,6 +107,8 @@ class Objective:
     STRUCTURAL_FIELDS: ClassVar[tuple[str, ...]] = ()
 
     label_smoothing: float = 0.0
+    flip: bool = False
+    max_shift: int = 0
     eval_count: int = 10_000
     eval_batch_size: int = 256
 
@@ -91,6 +116,12 @@ class Objective:
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"classification: label_smoothing must be in [0, 1) (e.g. 0.1); "
                              f"got {self.label_smoothing!r}")
+        if not isinstance(self.flip, bool):
+            raise ValueError(f"classification: flip must be True or False; got {self.flip!r}")
+        if isinstance(self.max_shift, bool) or not isinstance(self.max_shift, int) \
+                or self.max_shift < 0:
+            raise ValueError(f"classification: max_shift must be an int >= 0 (pixels, e.g. "
+                             f"2; 0 turns translation off); got {self.max_shift!r}")
         for name in ("eval_count", "eval_batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -113,8 +144,13 @@ class Objective:
 
     def loss(self, model: nn.Module, params, batch, key: jax.Array):
         """(mean cross-entropy, {"accuracy": fraction of the batch predicted right}) of batch
-        {"image": [B, H, W, C] in [-1, 1], "label": int32 [B]}; `key` drives dropout."""
-        logits = model.apply(params, batch["image"], train=True, rngs={"dropout": key})
+        {"image": [B, H, W, C] in [-1, 1], "label": int32 [B]}; `key` drives dropout and,
+        folded with 1, the augmentation."""
+        images = batch["image"]
+        if self.flip or self.max_shift:
+            images = augment_images(images, jax.random.fold_in(key, 1), flip=self.flip,
+                                    max_shift=self.max_shift)
+        logits = model.apply(params, images, train=True, rngs={"dropout": key})
         value = cross_entropy(logits, batch["label"], self.label_smoothing).mean()
         accuracy = (logits.argmax(-1) == batch["label"]).mean(dtype=jnp.float32)
         return value, {"accuracy": accuracy}

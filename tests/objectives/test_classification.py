@@ -13,7 +13,7 @@ from lla import objectives
 from lla.data import ArraySource, ProceduralShapes, batch_indices
 from lla.data.base import INFINITE_SEED_STRIDE
 from lla.models.vit import PRESETS, ViT
-from lla.objectives.classification import EVAL_SEED, Objective, eval_indices
+from lla.objectives.classification import EVAL_SEED, Objective, augment_images, eval_indices
 from lla.objectives.confusion import CELL, FULL, confusion_matrix, draw_confusion
 
 LOGITS = np.array([[2.0, -1.0, 0.5], [0.1, 0.2, 3.0], [1.0, 1.0, -2.0], [-0.5, 0.0, 0.4]],
@@ -61,6 +61,52 @@ def test_the_key_drives_dropout():
     losses = [float(objective.loss(FixedLogits(dropout=0.5), {}, batch, jax.random.key(k))[0])
               for k in (0, 0, 1)]
     assert losses[0] == losses[1] != losses[2]
+
+
+def shifted_with_edges(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """image [H, W, C] moved by (dy, dx) pixels, border pixels extended, by index clamping."""
+    height, width = image.shape[:2]
+    rows = np.clip(np.arange(height) - dy, 0, height - 1)
+    columns = np.clip(np.arange(width) - dx, 0, width - 1)
+    return image[rows][:, columns]
+
+
+def test_augmentation_mirrors_and_translates_each_image_within_bounds():
+    images = np.random.default_rng(0).normal(size=(64, 5, 7, 2)).astype(np.float32)
+    out = np.asarray(augment_images(jnp.asarray(images), jax.random.key(3), flip=True,
+                                    max_shift=2))
+    mirrored, offsets = [], set()
+    for image, augmented in zip(images, out, strict=True):
+        matches = [(flip, dy, dx) for flip in (False, True)
+                   for dy in range(-2, 3) for dx in range(-2, 3)
+                   if np.array_equal(shifted_with_edges(image[:, ::-1] if flip else image,
+                                                        dy, dx), augmented)]
+        assert matches, "an augmented image is no mirror/translation of its input"
+        mirrored.append(matches[0][0])
+        offsets.add(matches[0][1:])
+    assert 16 < sum(mirrored) < 48  # about half are mirrored
+    assert len(offsets) > 15 and {(-2, -2), (2, 2)} & offsets  # offsets fill the range
+    plain = augment_images(jnp.asarray(images), jax.random.key(3), flip=False, max_shift=0)
+    np.testing.assert_array_equal(plain, images)
+
+
+def test_augmentation_applies_to_the_training_images_only_when_asked():
+    seen = []
+
+    class Recorder(nn.Module):
+        @nn.compact
+        def __call__(self, images, *, train=False):
+            seen.append(images)
+            return jnp.zeros((images.shape[0], 3))
+
+    images = jnp.asarray(np.random.default_rng(1).normal(size=(8, 4, 4, 1)), jnp.float32)
+    batch = {"image": images, "label": jnp.zeros(8, jnp.int32)}
+    Objective().loss(Recorder(), {}, batch, jax.random.key(0))
+    Objective(flip=True, max_shift=1).loss(Recorder(), {}, batch, jax.random.key(0))
+    np.testing.assert_array_equal(seen[0], images)
+    np.testing.assert_array_equal(seen[1], augment_images(
+        images, jax.random.fold_in(jax.random.key(0), 1), flip=True, max_shift=1))
+    assert not np.array_equal(seen[1], images)
 
 
 def test_confusion_matrix_counts_true_rows_and_predicted_columns():
@@ -205,6 +251,8 @@ def test_found_by_name_with_fields_from_the_data():
     ({"label_smoothing": 1.0}, r"label_smoothing must be in \[0, 1\)"),
     ({"eval_count": 0}, "eval_count must be a positive int"),
     ({"eval_batch_size": 2.5}, "eval_batch_size must be a positive int"),
+    ({"max_shift": -1}, "max_shift must be an int >= 0"),
+    ({"flip": 1}, "flip must be True or False"),
 ])
 def test_bad_fields_say_what_would_work(fields, message):
     with pytest.raises(ValueError, match=message):
