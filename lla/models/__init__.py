@@ -1,7 +1,7 @@
 """Model families by name: each is a module `lla.models.<family>` that exports `Model` (a
 linen module class) and `PRESETS` (named size presets, dicts of `Model` fields).
 
-    lla.models.names()                                   # ('dit', 'lm', 'vit')
+    lla.models.names()          # ('convssm', 'dit', 'lm', 'video_transformer', 'vit')
     family = lla.models.get("dit")                       # the module
     model = lla.models.build("dit", preset="S", resolution=256, attention="llsa")
     from lla.models import DiT                           # the classes, directly
@@ -53,8 +53,10 @@ def build(name: str, preset: str | None = None, **fields) -> nn.Module:
     return family.Model(**{**(family.PRESETS[preset] if preset else {}), **fields})
 
 
-from lla.models.dit import DiT  # noqa: E402 - the classes, after the lookup functions
+from lla.models.convssm import ConvSSM  # noqa: E402 - the classes, after the lookup functions
+from lla.models.dit import DiT  # noqa: E402
 from lla.models.lm import LM  # noqa: E402
+from lla.models.video_transformer import VideoTransformer  # noqa: E402
 from lla.models.vit import ViT  # noqa: E402
 
-__all__ = ["LM", "DiT", "ViT", "build", "get", "names"]
+__all__ = ["LM", "ConvSSM", "DiT", "ViT", "VideoTransformer", "build", "get", "names"]

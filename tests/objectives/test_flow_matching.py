@@ -135,7 +135,8 @@ def test_objectives_are_found_by_name():
     objective = objectives.build("flow_matching", noise_scale=2.0, sample_count=4)
     assert (objective.noise_scale, objective.sample_count) == (2.0, 4)
     with pytest.raises(ValueError, match="unknown objective 'diffusion'; objectives: "
-                                         "classification, flow_matching, next_token"):
+                                         "classification, flow_matching, frame_prediction, "
+                                         "next_token"):
         objectives.build("diffusion")
     with pytest.raises(ValueError, match=r"objective 'flow_matching': .*'sampling'"):
         objectives.build("flow_matching", sampling={})

@@ -6,10 +6,12 @@ custom VJP recomputes each [q_chunk, kv_chunk] logit block from (q, k, lse), so 
 O(B·H·chunk² + B·N·H·D) for any N. All arithmetic is f32 at `Precision.HIGHEST`: this is the
 oracle the kernels are tested against.
 
-Masking: key j is visible to query i of batch row b when j < Nk (padding), j <= i if causal
-(top-left aligned, as `jax.nn.dot_product_attention`), j < kv_lengths[b] if given (a KV cache
-holding kv_lengths[b] valid entries), and their segment ids are equal. A query that sees no
-key gets output 0 and lse = -inf.
+Masking: key j is visible to query i of batch row b when j < Nk (padding), j // c <= i // c
+if causal with causal block size c (top-left aligned, as `jax.nn.dot_product_attention`; c = 1
+is token causal, j <= i; a larger c lets blocks of c consecutive tokens, e.g. the frames of a
+video, see each other and every earlier block; the last block may be partial), j <
+kv_lengths[b] if given (a KV cache holding kv_lengths[b] valid entries), and their segment ids
+are equal. A query that sees no key gets output 0 and lse = -inf.
 """
 
 from __future__ import annotations
@@ -77,11 +79,13 @@ class _Blocks:
         x = x.reshape((x.shape[0], self.kv_heads, self.groups, *x.shape[2:]))
         return _chunks(x, self.chunk_q, 3)
 
-    def visible(self, q_pos, k_pos, q_seg, k_seg, causal: bool) -> jax.Array:
-        """Boolean [B or 1, 1, 1, cq, ck] mask of the keys each query of the block may see."""
+    def visible(self, q_pos, k_pos, q_seg, k_seg, causal: bool, causal_block: int
+                ) -> jax.Array:
+        """Boolean [B or 1, 1, 1, cq, ck] mask of the keys each query of the block may see
+        (`causal_block`: the causal block size, 1 for token causal)."""
         mask = (k_pos < self.kv_tokens)[None, :]
         if causal:
-            mask = mask & (k_pos[None, :] <= q_pos[:, None])
+            mask = mask & (k_pos[None, :] // causal_block <= q_pos[:, None] // causal_block)
         mask = mask[None]
         if self.kv_lengths is not None:
             mask = mask & (k_pos[None, None, :] < self.kv_lengths[:, None, None])
@@ -94,7 +98,7 @@ def _logits(q_block, k_block, scale):
     return _einsum("bhgqd,bhkd->bhgqk", q_block, k_block) * scale
 
 
-def _forward(q, k, v, segments, kv_lengths, causal, scale, chunk_q, chunk_k):
+def _forward(q, k, v, segments, kv_lengths, causal, causal_block, scale, chunk_q, chunk_k):
     blocks = _Blocks(q, k, v, segments, kv_lengths, chunk_q, chunk_k)
 
     def one_q_chunk(args):
@@ -103,7 +107,7 @@ def _forward(q, k, v, segments, kv_lengths, causal, scale, chunk_q, chunk_k):
         def step(carry, kv):
             row_max, row_sum, acc = carry
             k_block, v_block, k_pos, k_seg = kv
-            mask = blocks.visible(q_pos, k_pos, q_seg, k_seg, causal)
+            mask = blocks.visible(q_pos, k_pos, q_seg, k_seg, causal, causal_block)
             logits = jnp.where(mask, _logits(q_block, k_block, scale), -jnp.inf)
             new_max = jnp.maximum(row_max, logits.max(-1))
             safe_max = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
@@ -134,8 +138,8 @@ def _unchunk(out, lse, q_shape, dtype):
     return out.transpose(0, 2, 1, 3).astype(dtype), lse
 
 
-def _backward(q, k, v, segments, kv_lengths, out, lse, d_out, d_lse, causal, scale, chunk_q,
-              chunk_k):
+def _backward(q, k, v, segments, kv_lengths, out, lse, d_out, d_lse, causal, causal_block,
+              scale, chunk_q, chunk_k):
     """Gradients of (out, lse) w.r.t. q, k, v; recomputes the probabilities chunk by chunk."""
     blocks = _Blocks(q, k, v, segments, kv_lengths, chunk_q, chunk_k)
     f32 = jnp.float32
@@ -159,7 +163,7 @@ def _backward(q, k, v, segments, kv_lengths, out, lse, d_out, d_lse, causal, sca
 
         def step(dq, kv):
             k_block, v_block, k_pos, k_seg = kv
-            mask = blocks.visible(q_pos, k_pos, q_seg, k_seg, causal)
+            mask = blocks.visible(q_pos, k_pos, q_seg, k_seg, causal, causal_block)
             _, d_logits = probs_and_dlogits(q_block, k_block, v_block, do_block, lse_block,
                                             delta_block, mask)
             return dq + _einsum("bhgqk,bhkd->bhgqd", d_logits, k_block) * scale, None
@@ -174,7 +178,7 @@ def _backward(q, k, v, segments, kv_lengths, out, lse, d_out, d_lse, causal, sca
         def step(carry, qs):
             dk, dv = carry
             q_block, q_pos, q_seg, do_block, lse_block, delta_block = qs
-            mask = blocks.visible(q_pos, k_pos, q_seg, k_seg, causal)
+            mask = blocks.visible(q_pos, k_pos, q_seg, k_seg, causal, causal_block)
             probs, d_logits = probs_and_dlogits(q_block, k_block, v_block, do_block,
                                                 lse_block, delta_block, mask)
             dv = dv + _einsum("bhgqk,bhgqd->bhkd", probs, do_block)
@@ -199,21 +203,22 @@ def _backward(q, k, v, segments, kv_lengths, out, lse, d_out, d_lse, causal, sca
     return dq.astype(q.dtype), unchunk_kv(dk).astype(k.dtype), unchunk_kv(dv).astype(v.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
-def _attention(q, k, v, segments, kv_lengths, causal, scale, chunk_q, chunk_k):
-    return _forward(q, k, v, segments, kv_lengths, causal, scale, chunk_q, chunk_k)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))
+def _attention(q, k, v, segments, kv_lengths, causal, causal_block, scale, chunk_q, chunk_k):
+    return _forward(q, k, v, segments, kv_lengths, causal, causal_block, scale, chunk_q, chunk_k)
 
 
-def _attention_fwd(q, k, v, segments, kv_lengths, causal, scale, chunk_q, chunk_k):
-    out, lse = _forward(q, k, v, segments, kv_lengths, causal, scale, chunk_q, chunk_k)
+def _attention_fwd(q, k, v, segments, kv_lengths, causal, causal_block, scale, chunk_q, chunk_k):
+    out, lse = _forward(q, k, v, segments, kv_lengths, causal, causal_block, scale, chunk_q,
+                        chunk_k)
     return (out, lse), (q, k, v, segments, kv_lengths, out, lse)
 
 
-def _attention_bwd(causal, scale, chunk_q, chunk_k, residuals, cotangents):
+def _attention_bwd(causal, causal_block, scale, chunk_q, chunk_k, residuals, cotangents):
     q, k, v, segments, kv_lengths, out, lse = residuals
     d_out, d_lse = cotangents
     dq, dk, dv = _backward(q, k, v, segments, kv_lengths, out, lse, d_out, d_lse, causal,
-                           scale, chunk_q, chunk_k)
+                           causal_block, scale, chunk_q, chunk_k)
     return dq, dk, dv, None, None
 
 
@@ -228,6 +233,7 @@ def chunked_attention(
     *,
     kv_lengths: jax.Array | None = None,
     causal: bool = False,
+    causal_block_size: int = 1,
     scale: float,
     chunk_q: int = 512,
     chunk_k: int = 512,
@@ -239,7 +245,9 @@ def chunked_attention(
       k, v: [B, Nk, Hkv, D], Hkv dividing H (query head h uses kv head h // (H // Hkv)).
       segments: optional (q_segment_ids [B, Nq], kv_segment_ids [B, Nk]) integer arrays.
       kv_lengths: optional int32 [B]: row b sees only keys j < kv_lengths[b].
-      causal: key j visible to query i only if j <= i.
+      causal: key j visible to query i only if j // causal_block_size <= i //
+        causal_block_size (j <= i for the default 1).
+      causal_block_size: c >= 1, the causal block size (used with causal only).
       scale: logit multiplier.
       chunk_q, chunk_k: chunk sizes (any positive ints; the last chunk may be partial).
 
@@ -247,4 +255,5 @@ def chunked_attention(
       out [B, Nq, H, D] in q's dtype and lse [B, H, Nq] f32 (natural log; -inf where a query
       sees no key).
     """
-    return _attention(q, k, v, segments, kv_lengths, causal, scale, chunk_q, chunk_k)
+    return _attention(q, k, v, segments, kv_lengths, causal, causal_block_size, scale,
+                      chunk_q, chunk_k)

@@ -21,6 +21,12 @@ Orders by capability:
                (2^i cube for video) is one contiguous run of 4^i (8^i) tokens.
   "grid"       raster order, and `spatial_shape=grid` passed to the op.
 
+Causal over the first axis (frames of a video: a token of frame t sees the tokens of frames
+<= t), `frame_causal_arguments(op, grid)`: per-axis `causal=(True, False, ...)` for "grid" ops,
+`causal=True, causal_block_size=prod(grid[1:])` for "any" ops with the `block_causal`
+capability (in raster order each frame is one run of tokens); `frame_causal_ops(rank)` lists
+the ops that can.
+
 Permutations are host-side int32 numpy arrays, so they enter jitted code as constants.
 """
 
@@ -194,20 +200,81 @@ def for_op(op: str | registry.AttentionOp, grid: Sequence[int], *,
         it does take).
     """
     op = registry.get(op)
-    grid = tuple(grid)
-    if not 1 <= len(grid) <= 3 or not all(
-            isinstance(n, int | np.integer) and not isinstance(n, bool) and n >= 1
-            for n in grid):
-        raise ValueError(f"token grid {grid!r}: expected 1 to 3 positive ints")
-    grid = tuple(int(n) for n in grid)
+    grid = _checked_grid(op, grid)
     capabilities = op.capabilities
-    if len(grid) not in capabilities.spatial_dims:
-        raise ValueError(
-            f"attention {op.name!r} takes {'/'.join(map(str, capabilities.spatial_dims))}-D "
-            f"token grids, not the {len(grid)}-D grid {grid}")
     if capabilities.token_order == "grid":
         return TokenOrder(grid, None, {"spatial_shape": grid})
     if capabilities.token_order == "hierarchy" and len(grid) > 1 and not natural_order:
         permutation = zorder_2d(*grid) if len(grid) == 2 else zorder_3d(*grid)
         return TokenOrder(grid, permutation, {})
     return TokenOrder(grid, None, {})
+
+
+def frame_causal_arguments(op: str | registry.AttentionOp, grid: Sequence[int]
+                           ) -> dict[str, Any]:
+    """The keyword arguments that make `op` causal over the first axis of `grid`.
+
+    A token of slice t of the first axis (frame t of a video [T, H, W]) then sees the tokens
+    of slices <= t (those inside its window, for windowed ops) and none of a later slice.
+    Merge them with the spatial ones: `for_op(op, grid).op_arguments({**kwargs, **these})`.
+
+    Args:
+      op: a registered op or its name.
+      grid: 1 to 3 positive axis lengths, the causal axis first, e.g. (frames, height, width).
+
+    Returns:
+      {"causal": (True, False, ...)} (one flag per axis) for token order "grid";
+      {"causal": True, "causal_block_size": prod(grid[1:])} for token order "any" with the
+      `block_causal` capability (raster order: each slice is one run of tokens).
+
+    Raises:
+      ValueError: a malformed grid, a rank the op does not take, or an op that cannot be
+        causal over the first axis (not causal; a hierarchy order, whose runs mix slices; an
+        "any" op without causal blocks), naming the ops that can (`frame_causal_ops`).
+    """
+    op = registry.get(op)
+    grid = _checked_grid(op, grid)
+    why_not = _why_not_frame_causal(op.capabilities)
+    if why_not:
+        raise ValueError(
+            f"attention {op.name!r} cannot be causal over the first axis of the token grid "
+            f"{grid}: {why_not}; ops that can: {', '.join(frame_causal_ops(len(grid))) or 'none'}")
+    if op.capabilities.token_order == "grid":
+        return {"causal": (True,) + (False,) * (len(grid) - 1)}
+    return {"causal": True, "causal_block_size": math.prod(grid[1:])}
+
+
+def frame_causal_ops(rank: int = 3) -> tuple[str, ...]:
+    """Names of the registered ops that `frame_causal_arguments` can make causal over the
+    first axis of a `rank`-axis grid (1 to 3), sorted."""
+    return tuple(name for name in registry.names()
+                 if rank in registry.get(name).capabilities.spatial_dims
+                 and not _why_not_frame_causal(registry.get(name).capabilities))
+
+
+def _why_not_frame_causal(capabilities: registry.Capabilities) -> str:
+    """Why an op with these capabilities cannot be causal over a grid's first axis ("" if it
+    can)."""
+    if not capabilities.causal:
+        return "it is not causal"
+    if capabilities.token_order == "hierarchy":
+        return "its tokens come in hierarchy (Z-) order, whose runs mix slices of the grid"
+    if capabilities.token_order == "any" and not capabilities.block_causal:
+        return "it is token causal only (no causal_block_size: capability block_causal)"
+    return ""
+
+
+def _checked_grid(op: registry.AttentionOp, grid: Sequence[int]) -> tuple[int, ...]:
+    """`grid` as a tuple of 1 to 3 ints, of a rank `op` takes; ValueError otherwise."""
+    grid = tuple(grid)
+    if not 1 <= len(grid) <= 3 or not all(
+            isinstance(n, int | np.integer) and not isinstance(n, bool) and n >= 1
+            for n in grid):
+        raise ValueError(f"token grid {grid!r}: expected 1 to 3 positive ints")
+    grid = tuple(int(n) for n in grid)
+    spatial_dims = op.capabilities.spatial_dims
+    if len(grid) not in spatial_dims:
+        raise ValueError(
+            f"attention {op.name!r} takes {'/'.join(map(str, spatial_dims))}-D "
+            f"token grids, not the {len(grid)}-D grid {grid}")
+    return grid

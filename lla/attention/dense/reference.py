@@ -24,9 +24,10 @@ def default_config(q, k, v, **static) -> Config:
     return Config()
 
 
-def dense_xla(q, k, v, *, causal, segments, kv_lengths, scale, return_residuals,
-              config: Config):
+def dense_xla(q, k, v, *, causal, causal_block_size, segments, kv_lengths, scale,
+              return_residuals, config: Config):
     """q [B, Nq, H, D], k/v [B, Nk, Hkv, D] -> out [B, Nq, H, D] (and lse [B, H, Nq])."""
     out, lse = chunked_attention(q, k, v, segments, kv_lengths=kv_lengths, causal=causal,
-                                 scale=scale, chunk_q=config.chunk_q, chunk_k=config.chunk_k)
+                                 causal_block_size=causal_block_size, scale=scale,
+                                 chunk_q=config.chunk_q, chunk_k=config.chunk_k)
     return (out, lse) if return_residuals else out

@@ -1,8 +1,11 @@
 """Token orders: Z-order against a brute-force Morton oracle, the pooling property LLSA relies
-on (aligned squares/cubes are contiguous runs), inverses, `permute_tokens`, input checks, and
-`for_op`: what each token-order capability asks of a model."""
+on (aligned squares/cubes are contiguous runs), inverses, `permute_tokens`, input checks,
+`for_op`: what each token-order capability asks of a model, and `frame_causal_arguments`:
+causality over a grid's first axis by capability."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +15,8 @@ import pytest
 import lla.attention as attention
 from lla.attention.common.token_order import (
     for_op,
+    frame_causal_arguments,
+    frame_causal_ops,
     inverse,
     permute_tokens,
     zorder_2d,
@@ -256,3 +261,61 @@ def test_for_op_rejects_grids_the_op_does_not_take_and_bad_grids():
     for grid in ((), (1, 2, 3, 4), (4, 0), (4.0, 4), (True, 4)):
         with pytest.raises(ValueError, match="expected 1 to 3 positive ints"):
             for_op("dense", grid)
+
+
+def test_frame_causal_arguments_by_token_order():
+    assert frame_causal_arguments("dense", (4, 3, 5)) == {"causal": True,
+                                                          "causal_block_size": 15}
+    assert frame_causal_arguments("dense", (7,)) == {"causal": True, "causal_block_size": 1}
+    assert frame_causal_arguments("neighborhood", (4, 3, 5)) == {"causal": (True, False, False)}
+    assert frame_causal_arguments("neighborhood", (6, 2)) == {"causal": (True, False)}
+
+
+def test_frame_causal_ops_are_those_whose_capabilities_allow_it():
+    def can(caps):
+        return caps.causal and (caps.token_order == "grid" or (
+            caps.token_order == "any" and caps.block_causal))
+
+    for rank in (1, 2, 3):
+        expected = tuple(name for name in attention.names()
+                         if rank in attention.get(name).capabilities.spatial_dims
+                         and can(attention.get(name).capabilities))
+        assert frame_causal_ops(rank) == expected
+    assert {"dense", "neighborhood"} <= set(frame_causal_ops(3))
+    assert "llsa" not in frame_causal_ops(3)
+
+
+def test_frame_causal_arguments_say_why_not_and_name_the_ops_that_can():
+    token_causal = attention.AttentionOp(
+        name="token_causal", fn=attention.dot_product_attention,
+        implementations=attention.get("dense").implementations.values(), summary="x",
+        capabilities=attention.Capabilities(causal=True))
+    cases = [("llsa", "it is not causal"),
+             (token_causal, r"it is token causal only \(no causal_block_size"),
+             (dataclasses.replace(token_causal, capabilities=attention.Capabilities(
+                 causal=True, token_order="hierarchy")), "its tokens come in hierarchy")]
+    for op, why in cases:
+        with pytest.raises(ValueError, match=rf"cannot be causal over the first axis of the "
+                                             rf"token grid \(2, 4, 4\): {why}.*; ops that "
+                                             rf"can: .*dense.*neighborhood"):
+            frame_causal_arguments(op, (2, 4, 4))
+    with pytest.raises(ValueError, match="expected 1 to 3 positive ints"):
+        frame_causal_arguments("dense", (2, 0, 4))
+
+
+def test_frame_causal_dense_equals_a_neighborhood_as_large_as_the_grid():
+    """A neighbourhood window covering the whole grid, causal over frames, sees exactly the
+    tokens of the current and earlier frames: dense block-causal attention."""
+    grid = (3, 4, 5)
+    keys = jax.random.split(jax.random.key(0), 3)
+    q, k, v = (jax.random.normal(key, (2, 60, 2, 8)) for key in keys)
+    with jax.default_matmul_precision("highest"):
+        dense = attention.dot_product_attention(
+            q, k, v, **frame_causal_arguments("dense", grid))
+        windowed = attention.neighborhood(
+            q, k, v, kernel_size=grid, implementation="xla",
+            **for_op("neighborhood", grid).op_arguments(
+                frame_causal_arguments("neighborhood", grid)))
+        first_frame = attention.dot_product_attention(q[:, :20], k[:, :20], v[:, :20])
+    np.testing.assert_allclose(windowed, dense, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dense[:, :20], first_frame, rtol=1e-5, atol=1e-6)  # itself only

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 import lla.attention as attention
+from tests.attention.dense.test_block_causal import brute_force as block_brute_force
+from tests.attention.dense.test_block_causal import output_and_vjp
 from tests.attention.op_test_base import random_qkv, relative_error, segment_ids_for
 
 ON_GPU = jax.default_backend() == "gpu"
@@ -17,34 +19,11 @@ SMALL_CHUNKS = dict(chunk_q=8, chunk_k=16)
 
 
 def brute_force(q, k, v, kv_lengths, *, causal=False, segment_ids=None):
-    """softmax over the visible keys with the [B, Nq, Nk] mask built entry by entry in numpy:
-    key j of row b is visible to query i iff j < kv_lengths[b], j <= i when causal, and
-    their segment ids agree. Rows that see nothing output 0."""
-    batch, q_tokens, heads, head_dim = q.shape
-    kv_tokens, groups = k.shape[1], heads // k.shape[2]
-    lengths = np.asarray(kv_lengths)
-    q_ids, kv_ids = (None, None) if segment_ids is None else map(np.asarray, segment_ids)
-    mask = np.zeros((batch, q_tokens, kv_tokens), bool)
-    for b in range(batch):
-        for i in range(q_tokens):
-            for j in range(kv_tokens):
-                mask[b, i, j] = (j < lengths[b] and (not causal or j <= i) and (
-                    q_ids is None or q_ids[b, i] == kv_ids[b, j]))
-    k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision="highest") / np.sqrt(head_dim)
-    visible = jnp.asarray(mask)[:, None]
-    logits = jnp.where(visible, logits, -jnp.inf)
-    probs = jnp.where(visible, jax.nn.softmax(logits, axis=-1), 0.0)
-    return jnp.einsum("bhqk,bkhd->bqhd", probs, v, precision="highest")
-
-
-def output_and_vjp(fn, q, k, v, cotangent):
-    """(fn(q, k, v), its VJP of `cotangent`), jitted as one program (fast on CPU)."""
-    def run(q, k, v, cotangent):
-        out, vjp = jax.vjp(fn, q, k, v)
-        return out, vjp(cotangent)
-
-    return jax.jit(run)(q, k, v, cotangent)
+    """softmax over the visible keys with the mask written out entry by entry
+    (`test_block_causal.brute_force`): key j of row b is visible to query i iff
+    j < kv_lengths[b], j <= i when causal, and their segment ids agree."""
+    return block_brute_force(q, k, v, 1 if causal else k.shape[1], segment_ids=segment_ids,
+                             kv_lengths=kv_lengths)
 
 
 def check_against_brute_force(shape, kv_lengths, *, implementation="xla", dtype=jnp.float32,
