@@ -12,6 +12,15 @@ where level-l keys and values are means over B^l consecutive tokens and a weight
 as +log(w) on the logit. Selection (`hierarchy.select`) has no gradient; q, k and v get
 exact gradients, k and v also through the pooling.
 
+Ablations (the paper's Tables 1a and 5a), static like the rest: `enrich_levels` = Lₑ keeps
+the coarse levels 1..Lₑ in the softmax and drops Lₑ+1..L (Lₑ = 0: plain top-K over the fine
+blocks; Lₑ = L, the default: full LLSA); `reweight=False` gives every coarse token weight 1
+instead of B^l. Neither changes the selection, which always runs through all L levels. The
+paper does not say which levels go first when Lₑ < L; dropping the coarsest keeps the
+attended levels a prefix 0..Lₑ of the sweep, so every kernel just ends its sweep early, and
+keeps each query's nearest context (the candidate sets of its own picks) over the global
+summary. With the defaults the kernels trace exactly the code they did without the switches.
+
 Files: `hierarchy.py` (levels, pooling, selection: shared by every implementation),
 `reference.py` ("xla"), `pallas_gpu.py` and `pallas_tpu.py` (glue around the kernels of
 `lla.pallas_kernels.llsa`; their tiling is a `tuning` config, not an argument).
@@ -39,6 +48,8 @@ def llsa(
     block_size: int = 16,
     topk: int = 8,
     levels: int | None = None,
+    enrich_levels: int | None = None,
+    reweight: bool = True,
     implementation: str | Sequence[str] | None = None,
     interpret: bool = False,
 ) -> jax.Array:
@@ -50,6 +61,11 @@ def llsa(
       block_size: tokens per block and pooling window (B >= 2).
       topk: blocks kept per query block at every level (K <= N / B^L).
       levels: L >= 1; None means max(1, floor(log_B(N) - 1)).
+      enrich_levels: Lₑ in 0..L, the coarse levels 1..Lₑ that join each query block's KV
+        set (levels Lₑ+1..L, the coarsest, are left out); 0 is plain top-K over the
+        selected fine blocks; None means L.
+      reweight: add log(B^l) to the logits of level-l tokens (their count); False gives
+        every token weight 1.
       implementation: None (best available), "xla", "pallas_gpu", "pallas_tpu", or a
         sequence of names.
       interpret: run Pallas kernels in interpret mode (any platform, for tests).
@@ -66,9 +82,12 @@ def llsa(
     topk = check_int("llsa", "topk", topk, 1)
     levels = (hierarchy.default_levels(tokens, block_size) if levels is None
               else check_int("llsa", "levels", levels, 1))
+    enrich_levels = hierarchy.check_enrich_levels("llsa", enrich_levels, levels)
+    reweight = check_flag("llsa", "reweight", reweight)
     interpret = check_flag("llsa", "interpret", interpret)
     hierarchy.check_hierarchy("llsa", tokens, block_size, topk, levels)
-    static = dict(block_size=block_size, topk=topk, levels=levels, interpret=interpret)
+    static = dict(block_size=block_size, topk=topk, levels=levels,
+                  enrich_levels=enrich_levels, reweight=reweight, interpret=interpret)
     return registry.call(LLSA, implementation, q, k, v, **static)
 
 

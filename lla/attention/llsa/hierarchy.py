@@ -14,8 +14,11 @@ ties (broken by `lax.top_k` towards the lower position) go to the lower token in
 
 from __future__ import annotations
 
+import numbers
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 
@@ -50,6 +53,19 @@ def check_hierarchy(op: str, tokens: int, block_size: int, topk: int, levels: in
             f"{op}: topk={topk} exceeds the {coarsest} coarsest-level tokens "
             f"(N / block_size**levels = {tokens} / {span}); use topk <= {coarsest} or fewer "
             f"levels")
+
+
+def check_enrich_levels(op: str, enrich_levels, levels: int) -> int:
+    """`enrich_levels` resolved (None -> `levels`) and checked to be an int in 0..levels;
+    else ValueError saying what would work."""
+    if enrich_levels is None:
+        return levels
+    if isinstance(enrich_levels, bool | np.bool_) or not isinstance(
+            enrich_levels, numbers.Integral) or not 0 <= enrich_levels <= levels:
+        raise ValueError(
+            f"{op}: enrich_levels must be None (all {levels} levels) or an int in "
+            f"0..levels = 0..{levels} (0: plain top-K); got {enrich_levels!r}")
+    return int(enrich_levels)
 
 
 def pyramid(x: jax.Array, block_size: int, levels: int) -> list[jax.Array]:

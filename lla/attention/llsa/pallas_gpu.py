@@ -20,7 +20,8 @@ from lla.pallas_kernels.llsa import gpu, metadata, selection
 TUNABLE = pallas.tunable(gpu)
 
 
-def unsupported_reasons(q, k, v, *, block_size, topk, levels, interpret, config: gpu.Config):
+def unsupported_reasons(q, k, v, *, block_size, topk, levels, enrich_levels, reweight,
+                        interpret, config: gpu.Config):
     """Why the compiled GPU kernels cannot run these inputs (`pallas.reasons`)."""
     return pallas.reasons(gpu, "gpu", config, interpret)
 
@@ -52,12 +53,13 @@ def prepare(q, k, v, config: gpu.Config):
     return k_levels, v_levels, tuple(picks[level] for level in range(1, levels + 1))
 
 
-@functools.partial(jax.jit, static_argnames=("block_size", "topk", "levels", "interpret",
-                                             "config"))
-def llsa_pallas_gpu(q, k, v, *, block_size, topk, levels, interpret, config: gpu.Config):
+@functools.partial(jax.jit, static_argnames=("block_size", "topk", "levels", "enrich_levels",
+                                             "reweight", "interpret", "config"))
+def llsa_pallas_gpu(q, k, v, *, block_size, topk, levels, enrich_levels, reweight, interpret,
+                    config: gpu.Config):
     """q [Bt, N, H, D], k/v [Bt, N, Hkv, D] -> [Bt, N, H, D] (see `lla.attention.llsa`);
-    `config` (shape and tiling) already describes the static arguments."""
-    del block_size, topk, levels, interpret
+    `config` (shape, ablations and tiling) already describes the static arguments."""
+    del block_size, topk, levels, enrich_levels, reweight, interpret
     return attend(q, *prepare(q, k, v, config), config)
 
 
@@ -81,6 +83,10 @@ def _attend_bwd(config, residuals, d_out):
     dq = gpu.backward_dq(q, d_out, lse, delta, k_levels, v_levels, picks, config)
     dk_levels, dv_levels = [], []
     for level, (k, v) in enumerate(zip(k_levels, v_levels, strict=True)):
+        if not config.attends(level):  # a level the ablation leaves out of the softmax
+            dk_levels.append(jnp.zeros_like(k))
+            dv_levels.append(jnp.zeros_like(v))
+            continue
         k_tokens = k.reshape(k.shape[0], -1, *k.shape[-2:])  # [Bt, N_l, Hkv, D]
         v_tokens = v.reshape(k_tokens.shape)
         if level < config.levels:

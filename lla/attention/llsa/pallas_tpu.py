@@ -19,7 +19,8 @@ from lla.pallas_kernels.llsa import tpu
 TUNABLE = pallas.tunable(tpu)
 
 
-def unsupported_reasons(q, k, v, *, block_size, topk, levels, interpret, config: tpu.Config):
+def unsupported_reasons(q, k, v, *, block_size, topk, levels, enrich_levels, reweight,
+                        interpret, config: tpu.Config):
     """Why the compiled TPU kernels cannot run these inputs (`pallas.reasons`)."""
     return pallas.reasons(tpu, "tpu", config, interpret)
 
@@ -29,12 +30,13 @@ def _rows(x: jax.Array) -> jax.Array:
     return hierarchy.heads_major(x).reshape(-1, x.shape[1], x.shape[3])
 
 
-@functools.partial(jax.jit, static_argnames=("block_size", "topk", "levels", "interpret",
-                                             "config"))
-def llsa_pallas_tpu(q, k, v, *, block_size, topk, levels, interpret, config: tpu.Config):
+@functools.partial(jax.jit, static_argnames=("block_size", "topk", "levels", "enrich_levels",
+                                             "reweight", "interpret", "config"))
+def llsa_pallas_tpu(q, k, v, *, block_size, topk, levels, enrich_levels, reweight, interpret,
+                    config: tpu.Config):
     """q [Bt, N, H, D], k/v [Bt, N, Hkv, D] -> [Bt, N, H, D] (see `lla.attention.llsa`);
-    `config` (shape and tiling) already describes the static arguments."""
-    del interpret
+    `config` (shape, ablations and tiling) already describes the static arguments."""
+    del enrich_levels, reweight, interpret
     batch, tokens, heads, head_dim = q.shape
     q_pooled = hierarchy.pyramid(jax.lax.stop_gradient(q), block_size, levels)
     k_pooled = hierarchy.pyramid(k, block_size, levels)
@@ -83,12 +85,17 @@ def _attend_bwd(config, residuals, d_out):
                                         config)
     grads = [tuple(_scatter_partials(p, picks[level], level, config) for p in pair)
              for level, pair in enumerate(partials)]
-    grads.append(tpu.backward_coarse_dkv(q, d_out, lse, delta, k_levels[-1], v_levels[-1],
-                                         config))
+    if config.attends(config.levels):
+        grads.append(tpu.backward_coarse_dkv(q, d_out, lse, delta, k_levels[-1],
+                                             v_levels[-1], config))
+    # grads covers the attended levels, a prefix; the ablated ones get zero gradients.
+    attended = len(grads)
     dk_levels = tuple(_sum_query_heads(dk, config).astype(k.dtype)
-                      for (dk, _), k in zip(grads, k_levels, strict=True))
+                      for (dk, _), k in zip(grads, k_levels[:attended], strict=True))
     dv_levels = tuple(_sum_query_heads(dv, config).astype(v.dtype)
-                      for (_, dv), v in zip(grads, v_levels, strict=True))
+                      for (_, dv), v in zip(grads, v_levels[:attended], strict=True))
+    dk_levels += tuple(jnp.zeros_like(k) for k in k_levels[attended:])
+    dv_levels += tuple(jnp.zeros_like(v) for v in v_levels[attended:])
     return dq, dk_levels, dv_levels, None
 
 

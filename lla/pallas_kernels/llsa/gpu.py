@@ -10,9 +10,10 @@ running over rows r = batch·H + head:
   lse, delta       float32 [Bt·H, N]
 Query block b (B rows) attends, in one online softmax (log2 domain), to the K·B tokens of
 level l < L in blocks picks[l + 1][b // B^l] (weight B^l), then to all N_L coarsest tokens
-(weight B^L). A program handles a tile of G = query_blocks consecutive blocks, which share
-their intermediate and coarsest sources (`_sweep_keys`). Forward saves the output and the
-f32 natural-log lse.
+(weight B^L); the ablations (`Hierarchy.attends`, `Hierarchy.log2_weight`) drop the levels
+above Lₑ or the weights, as static branches. A program handles a tile of G = query_blocks
+consecutive blocks, which share their intermediate and coarsest sources (`_sweep_keys`).
+Forward saves the output and the f32 natural-log lse.
 
 Backward: dQ per query tile (same sweep as the forward); dK/dV of level l < L per key block
 from the key-major CSR transpose of picks[l + 1] (`metadata.transpose_picks`): key block j
@@ -73,13 +74,14 @@ TUNABLE_FIELDS = ("pick_chunk", "query_blocks", "fine_chunk", "coarse_tile", "dk
 
 
 def make_config(block_size, topk, levels, heads, kv_heads, tokens, head_dim, *,
-                interpret=False, **overrides) -> Config:
+                enrich_levels=None, reweight=True, interpret=False, **overrides) -> Config:
     """Default tiling (tuned on an H200 at [1, 65536, 6, 64]; tune_llsa_*.json in
     experiments/results/nvidia_h200/, from the per-op script experiments/tune.py replaced):
     query tiles of 4 blocks, each fine tile holding one pick of each block; up to 4 picks
     (64 keys at B=16) per intermediate tile; up to 64 keys per coarsest tile; up to 64
     query rows per dK/dV step; coarsest-level query splits for about 1024 programs per batch
-    element. `overrides` replaces any field."""
+    element. `enrich_levels` and `reweight` are the op's ablation switches (`Hierarchy`);
+    `overrides` replaces any field."""
     coarsest = tokens // block_size ** levels
     coarse_tile = largest_divisor_at_most(coarsest, 64)
     rows = largest_divisor_at_most(tokens, 64)
@@ -90,7 +92,7 @@ def make_config(block_size, topk, levels, heads, kv_heads, tokens, head_dim, *,
                     pick_chunk=largest_divisor_at_most(topk, 4),
                     query_blocks=largest_divisor_at_most(block_size, 4), fine_chunk=1,
                     coarse_tile=coarse_tile, dkv_rows=rows, coarse_splits=splits,
-                    interpret=interpret)
+                    enrich_levels=enrich_levels, reweight=reweight, interpret=interpret)
     config = dataclasses.replace(config, **overrides)
     check_tiling(config)
     return config
@@ -136,7 +138,8 @@ def unsupported_reasons(config: Config) -> list[str]:
 def _sweep_keys(visit, carry, tile, picks_refs, k_refs, v_refs, config: Config):
     """carry = visit(carry, keys [M, D], values [M, D], log2_weight, mask) over every key tile
     of query tile `tile` (G = query_blocks consecutive query blocks, G·B rows): the fine
-    level, the intermediate levels 1..L-1, then the whole coarsest level.
+    level, the intermediate levels 1..L-1, then the whole coarsest level (the coarse levels
+    only where `config.attends` them).
 
     The G query blocks of a tile share their parent at every level >= 1 (G divides B), so
     those sources are read once per tile. Fine blocks differ per query block: a fine key
@@ -165,6 +168,8 @@ def _sweep_keys(visit, carry, tile, picks_refs, k_refs, v_refs, config: Config):
 
     chunk = config.pick_chunk
     for level in range(1, config.levels):
+        if not config.attends(level):
+            break
         parent = first_block // size ** level
 
         def sparse_step(t, carry, level=level, parent=parent):
@@ -175,6 +180,8 @@ def _sweep_keys(visit, carry, tile, picks_refs, k_refs, v_refs, config: Config):
 
         carry = lax.fori_loop(0, config.topk // chunk, sparse_step, carry)
 
+    if not config.attends(config.levels):
+        return carry
     width = config.coarse_tile
 
     def coarse_step(t, carry):

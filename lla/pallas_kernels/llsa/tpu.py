@@ -7,7 +7,9 @@ block. Arrays are heads-major rows (r = batch·H + head; kv rows r_kv = batch·H
   k[l], v[l]          [Rkv, N_l, D]        picks[l]     int32 [R, N_l, K], l = 1..L
 Grid (R, N / B query blocks, S steps); the steps walk the sources of the query block in
 order: K fine blocks (picks[1]), K blocks of each intermediate level l (picks[l + 1] of the
-parent), then the coarsest level in tiles. Online softmax state lives in VMEM scratch.
+parent), then the coarsest level in tiles; the ablations (`Hierarchy.attends`) leave the
+levels above Lₑ out of the sweep (and out of the kernels' inputs). Online softmax state lives
+in VMEM scratch.
 
 Backward: one kernel recomputes the probabilities along the same steps, accumulating dQ and
 writing the dK/dV partial of every (query block, picked block) pair of the sparse levels
@@ -39,13 +41,22 @@ class Config(Hierarchy):
     interpret: bool = False
 
     def sources(self):
-        """(level, first step, number of steps) for each source, in sweep order."""
+        """(level, first step, number of steps) for each attended level, in sweep order: a
+        prefix of levels 0..L, so a sparse source's index is its level."""
         out, start = [], 0
         for level in range(self.levels):
+            if not self.attends(level):
+                return out
             out.append((level, start, self.topk))
             start += self.topk
-        out.append((self.levels, start, self.level_tokens(self.levels) // self.coarse_tile))
+        if self.attends(self.levels):
+            out.append((self.levels, start,
+                        self.level_tokens(self.levels) // self.coarse_tile))
         return out
+
+    def sparse_sources(self):
+        """The `sources` of the levels below L (their picks give the dK/dV partials)."""
+        return [source for source in self.sources() if source[0] < self.levels]
 
     @property
     def steps(self) -> int:
@@ -62,14 +73,16 @@ TUNABLE_FIELDS = ("coarse_tile", "query_chunk")
 
 
 def make_config(block_size, topk, levels, heads, kv_heads, tokens, head_dim, *,
-                interpret=False) -> Config:
+                enrich_levels=None, reweight=True, interpret=False) -> Config:
     """Default (untuned) tiling: up to 128 coarsest keys per step, up to 256 query rows per
-    step of the coarsest dK/dV kernel."""
+    step of the coarsest dK/dV kernel. `enrich_levels` and `reweight` are the op's ablation
+    switches (`Hierarchy`)."""
     coarsest = tokens // block_size ** levels
     return Config(block_size=block_size, topk=topk, levels=levels, heads=heads,
                   kv_heads=kv_heads, tokens=tokens, head_dim=head_dim,
                   coarse_tile=largest_divisor_at_most(coarsest, 128),
-                  query_chunk=largest_divisor_at_most(tokens, 256), interpret=interpret)
+                  query_chunk=largest_divisor_at_most(tokens, 256),
+                  enrich_levels=enrich_levels, reweight=reweight, interpret=interpret)
 
 
 def unsupported_reasons(config: Config) -> list[str]:
@@ -162,8 +175,14 @@ def _forward_kernel(*refs, config: Config):
         lse_ref[...] = (max_ref[...] + jnp.log2(sum_ref[...])) / LOG2E
 
 
+def _attended(levels, config: Config):
+    """The arrays of `levels` (one per level 0..L) that the sweep reads, in source order."""
+    return [levels[level] for level, _, _ in config.sources()]
+
+
 def forward(q, k_levels, v_levels, picks, config: Config):
     """out [R, N, D] in q's dtype and lse float32 [R, N, 1] (natural log)."""
+    k_levels, v_levels = _attended(k_levels, config), _attended(v_levels, config)
     rows, tokens, dim = q.shape
     size = config.block_size
     query_spec, row_spec = _query_specs(config)
@@ -225,14 +244,16 @@ def _backward_queries_kernel(*refs, config: Config):
 
 
 def backward_queries(q, d_out, lse, delta, k_levels, v_levels, picks, config: Config):
-    """dq [R, N, D] and, per sparse level l < L, the (dK, dV) partials float32
-    [R, N / B, K, B, D] of each (query block, picked level-l block) pair."""
+    """dq [R, N, D] and, per attended sparse level l < L (`Config.sparse_sources`), the
+    (dK, dV) partials float32 [R, N / B, K, B, D] of each (query block, picked level-l
+    block) pair."""
+    k_levels, v_levels = _attended(k_levels, config), _attended(v_levels, config)
     rows, tokens, dim = q.shape
     size, topk = config.block_size, config.topk
     query_spec, row_spec = _query_specs(config)
     source_specs = _source_specs(config)
     partial_specs = []
-    for _, start, count in config.sources()[:-1]:
+    for _, start, count in config.sparse_sources():
         def index(r, i, s, *_, start=start, count=count):
             return r, i, jnp.clip(s - start, 0, count - 1), 0, 0
         spec = pl.BlockSpec((None, None, None, size, dim), index)
@@ -248,13 +269,14 @@ def backward_queries(q, d_out, lse, delta, k_levels, v_levels, picks, config: Co
             out_specs=[query_spec, *partial_specs],
             scratch_shapes=[pltpu.VMEM((size, dim), jnp.float32)]),
         out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype)]
-        + [partial_shape] * (2 * config.levels),
+        + [partial_shape] * (2 * len(config.sparse_sources())),
         compiler_params=pltpu.CompilerParams(
             dimension_semantics=("parallel", "parallel", "arbitrary")),
         interpret=config.interpret_params(),
         name="llsa_backward_queries_tpu",
     )(*picks, q, d_out, lse, delta, *k_levels, *v_levels)
-    return dq, [tuple(partials[2 * level:2 * level + 2]) for level in range(config.levels)]
+    return dq, [tuple(partials[2 * level:2 * level + 2])
+                for level in range(len(config.sparse_sources()))]
 
 
 def _coarse_dkv_kernel(q_ref, d_out_ref, lse_ref, delta_ref, k_ref, v_ref, dk_ref, dv_ref,

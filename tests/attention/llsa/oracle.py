@@ -17,6 +17,10 @@ Semantics, per (batch, head), for q, k, v of N tokens, block size b, top-K, L le
            containing the query (children of I^(l+1)[qb // b^l]), weight b^l;
   (coarse) all N / b^L level-L tokens, weight b^L.
   A weight w adds log(w) to the logit. Nothing is de-duplicated.
+* Ablations (paper Tables 1a / 5a): with enrich_levels = Le (0 <= Le <= L, default L) only
+  the parts of levels 0..Le are in the key set (the coarser levels Le+1..L are left out;
+  Le = 0 is plain top-K over the fine blocks); with reweight=False every weight is 1. Neither
+  changes the selection, which always runs over all L levels.
 
 The oracle builds, per (batch, head), a dense [N, M] logit matrix whose columns are ALL tokens
 of every level concatenated (level 0, then 1, ..., then L; M = sum_l N / b^l), with -inf
@@ -149,8 +153,11 @@ def level_offsets(tokens: int, block_size: int, levels: int) -> list[int]:
     return offsets
 
 
-def bias_head(selection: Selection, tokens: int, block_size: int, levels: int) -> np.ndarray:
+def bias_head(selection: Selection, tokens: int, block_size: int, levels: int,
+              enrich_levels: int | None = None, reweight: bool = True) -> np.ndarray:
     """[N, M] float64 bias: log(weight) on each query's selected columns, -inf elsewhere.
+
+    Only levels 0..enrich_levels (None: all) get columns; reweight=False sets every weight 1.
 
     No collisions: the parts of one query's key set live at different levels (fine = level 0,
     part l = level l for 1 <= l <= L-1, coarse = level L), so in the per-level column layout
@@ -163,11 +170,14 @@ def bias_head(selection: Selection, tokens: int, block_size: int, levels: int) -
     b = block_size
     offsets = level_offsets(tokens, b, levels)
     bias = np.full((tokens, offsets[-1]), -np.inf)
+    attended = levels if enrich_levels is None else enrich_levels
 
     def put(query, level, token, weight):
+        if level > attended:
+            return
         column = offsets[level] + int(token)
         assert bias[query, column] == -np.inf, "a column set twice for one query"
-        bias[query, column] = math.log(weight)
+        bias[query, column] = math.log(weight) if reweight else 0.0
 
     for query in range(tokens):
         block = query // b
@@ -184,9 +194,11 @@ def bias_head(selection: Selection, tokens: int, block_size: int, levels: int) -
     return bias
 
 
-def selection_bias(selections, tokens: int, block_size: int, levels: int) -> np.ndarray:
+def selection_bias(selections, tokens: int, block_size: int, levels: int,
+                   enrich_levels: int | None = None, reweight: bool = True) -> np.ndarray:
     """[Bt, H, N, M] bias for all (batch, head) selections."""
-    return np.stack([np.stack([bias_head(s, tokens, block_size, levels) for s in row])
+    return np.stack([np.stack([bias_head(s, tokens, block_size, levels, enrich_levels,
+                                         reweight) for s in row])
                      for row in selections])
 
 
@@ -229,14 +241,16 @@ def attend_all_levels(q, k, v, bias, *, block_size: int, levels: int) -> jax.Arr
                   bias)
 
 
-def llsa_from_selection(q, k, v, selections, *, block_size: int, levels: int) -> jax.Array:
+def llsa_from_selection(q, k, v, selections, *, block_size: int, levels: int,
+                        enrich_levels: int | None = None, reweight: bool = True) -> jax.Array:
     """The oracle's attention given fixed selections (differentiable in q, k, v)."""
-    bias = selection_bias(selections, q.shape[1], block_size, levels).astype(np.float32)
+    bias = selection_bias(selections, q.shape[1], block_size, levels, enrich_levels,
+                          reweight).astype(np.float32)
     return attend_all_levels(q, k, v, bias, block_size=block_size, levels=levels)
 
 
-def llsa_oracle(q, k, v, *, block_size: int = 16, topk: int = 8,
-                levels: int | None = None) -> jax.Array:
+def llsa_oracle(q, k, v, *, block_size: int = 16, topk: int = 8, levels: int | None = None,
+                enrich_levels: int | None = None, reweight: bool = True) -> jax.Array:
     """Brute-force LLSA. Call eagerly (not under jit): selection reads concrete values.
 
     Works under `jax.vjp`/`jax.grad` run eagerly: the selection reads the stop-gradient
@@ -245,9 +259,12 @@ def llsa_oracle(q, k, v, *, block_size: int = 16, topk: int = 8,
     tokens = q.shape[1]
     levels = resolve_levels(tokens, block_size, levels)
     check_config(tokens, block_size, topk, levels)
+    if enrich_levels is not None and not 0 <= enrich_levels <= levels:
+        raise ValueError(f"enrich_levels={enrich_levels} not in [0, levels={levels}]")
     selections = select(np.asarray(jax.lax.stop_gradient(q)),
                         np.asarray(jax.lax.stop_gradient(k)), block_size, topk, levels)
-    return llsa_from_selection(q, k, v, selections, block_size=block_size, levels=levels)
+    return llsa_from_selection(q, k, v, selections, block_size=block_size, levels=levels,
+                               enrich_levels=enrich_levels, reweight=reweight)
 
 
 def selection_margin(q, k, *, block_size: int, topk: int, levels: int | None = None) -> float:
