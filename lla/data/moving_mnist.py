@@ -219,6 +219,11 @@ class MovingMNIST:
                 np.maximum(window, image, out=window)
         return video
 
+    def videos(self, indices: list[int]) -> np.ndarray:
+        """Examples `indices` as float32 [len(indices), frames, R, R, 1] in [-1, 1]."""
+        video = np.stack([self.example(index) for index in indices]).astype(np.float32)
+        return video / np.float32(127.5) - np.float32(1.0)
+
     def batches(self, *, batch_size: int, seed: int, start_step: int, process_index: int,
                 process_count: int) -> Iterator[dict[str, np.ndarray]]:
         """This process's share of global steps `start_step, ...` (the stream rules of
@@ -227,11 +232,9 @@ class MovingMNIST:
         The next step is generated on a thread while the caller works on the current one."""
 
         def make(step: int) -> dict[str, np.ndarray]:
-            indices = batch_indices(self.num_examples, batch_size=batch_size, seed=seed,
-                                    step=step, process_index=process_index,
-                                    process_count=process_count)
-            video = np.stack([self.example(index) for index in indices]).astype(np.float32)
-            return {"video": video / np.float32(127.5) - np.float32(1.0)}
+            return {"video": self.videos(batch_indices(
+                self.num_examples, batch_size=batch_size, seed=seed, step=step,
+                process_index=process_index, process_count=process_count))}
 
         pool = ThreadPoolExecutor(1, thread_name_prefix="lla-moving-mnist")
         try:

@@ -38,11 +38,6 @@ from lla.objectives.classification import eval_indices
 METRICS = ("mse", "psnr", "ssim")
 
 
-def read_clips(source, indices: list[int]) -> np.ndarray:
-    """Examples `indices` of a video source as float32 [n, T, R, R, C] in [-1, 1]."""
-    return np.stack([source.example(i) for i in indices]).astype(np.float32) / 127.5 - 1.0
-
-
 def draw_strips(truth: np.ndarray, generated: np.ndarray, context: int) -> np.ndarray:
     """uint8 [H, W, 3] picture of clips truth [n, T, R, R, C] and generated [n, T - context,
     R, R, C] in [-1, 1]: per clip a row of the true frames, under it the context frames
@@ -94,8 +89,9 @@ class Objective:
 
     def model_fields(self, source) -> dict[str, Any]:
         """resolution, channels and frames of a video source."""
-        if not hasattr(source, "frames"):
-            raise ValueError(f"frame_prediction needs a video source (with `frames`, e.g. "
+        if not (hasattr(source, "frames") and hasattr(source, "videos")):
+            raise ValueError(f"frame_prediction needs a video source (with `frames` and "
+                             f"`videos(indices)`, e.g. "
                              f"moving_mnist); {type(source).__name__} serves images or text")
         if self.context_frames + self.horizon > source.frames:
             raise ValueError(f"frame_prediction: context_frames {self.context_frames} + "
@@ -146,7 +142,7 @@ class Objective:
         def evaluate(params, key):
             del key
             if not clips:
-                clips.append(read_clips(data, indices))
+                clips.append(data.videos(indices))
             per_frame = {name: [] for name in METRICS}
             strips = []
             for first in range(0, len(indices), self.eval_batch_size):

@@ -15,7 +15,7 @@ from lla import objectives
 from lla.data import ArraySource
 from lla.data.moving_mnist import MovingMNIST
 from lla.evaluation import frames
-from lla.objectives.frame_prediction import Objective, draw_strips, read_clips
+from lla.objectives.frame_prediction import Objective, draw_strips
 
 
 class Persistence(nn.Module):
@@ -53,7 +53,7 @@ def test_evaluation_scores_the_generated_frames_of_the_fixed_clips():
     params = objective.init(model, jax.random.key(0))
     evaluation = objective.evaluator(model, source, source)(params, jax.random.key(1))
 
-    clips = read_clips(source, list(range(5)))  # a finite source: its first eval_count
+    clips = source.videos(list(range(5)))  # a finite source: its first eval_count
     truth, last_context = clips[:, 3:7], clips[:, 2:3]
     generated = np.repeat(last_context, 4, axis=1)
     for name in ("mse", "psnr", "ssim"):
