@@ -13,13 +13,20 @@ Default (CPU-sized; 2 min 39 s measured on 2 CPU cores, jax 0.11.2):
 Full size (one GPU): `:digits=mnist` (fetch once: `bash scripts/fetch_mnist.sh`), the
 paper's Moving-MNIST ConvS5 (8 blocks, d_model 128, P 128) or the transformer's S preset,
 bf16, batch 16, evaluated on 256 clips of the fixed 1,000-clip test split. Measured on one
-H200 (jax 0.11.2, experiments/results/nvidia_h200/): training step at batch 16, the
-transformer S with `attention=neighborhood` 60.5 ms, with dense (block-causal cuDNN) 141.5 ms
-(moving_mnist_transformer_train_throughput.json); a first dense transformer run, cut at
-step 973 by its time limit (moving_mnist/): test/mse 0.0395 / 0.0337 / 0.0307 and
-test/ssim 0.444 / 0.650 / 0.697 at steps 250 / 500 / 750. Several runs on one GPU need
-`XLA_PYTHON_CLIENT_MEM_FRACTION` (e.g. 0.3 each): by default the first takes 75 % of the
-memory and the others fail ("BlasLt is unavailable").
+H200 (jax 0.11.2, bf16, experiments/results/nvidia_h200/):
+  training step at batch 16 (alone on the GPU): ConvS5 26.7 ms
+  (moving_mnist_convssm_train_throughput.json), the transformer S with
+  `attention=neighborhood` 60.5 ms, with dense (block-causal cuDNN) 141.5 ms
+  (moving_mnist_transformer_train_throughput.json);
+  test metrics after 1,000 steps (`--config.total_steps=1000 --config.eval_every=500`;
+  moving_mnist_1000_steps/summary.json), MSE / SSIM / PSNR over the 10 generated frames:
+  ConvS5 0.0248 / 0.773 / 16.9, neighborhood 0.0253 / 0.762 / 16.6, dense 0.0290 / 0.703
+  / 15.9;
+  generation per frame (batch 8, 10 context frames; moving_mnist_video_generation.json):
+  ConvS5 1.6 / 1.1 ms at horizon 10 / 50 (1.4 ms at 100), neighborhood 9.7 / 28.8 ms,
+  dense 20.9 / 160.4 ms: 146x ConvS5's time per frame at horizon 50.
+Several runs on one GPU need `XLA_PYTHON_CLIENT_MEM_FRACTION` (e.g. 0.3 each): by default the
+first takes 75 % of the memory and the others fail ("BlasLt is unavailable").
 
 Variants, `configs/convssm_moving_mnist.py:key=value,...`:
   model=convssm|video_transformer   the family; presets tiny (CPU) / moving_mnist or S
