@@ -11,8 +11,10 @@ reasons, e.g.
 
 An op also carries the facts models, configs, tests and benchmarks need, so none of them
 knows ops by name: `capabilities` (including the token order a model must feed,
-`lla.attention.token_order`), `default_kwargs` (what configs and models use) and
-`example_kwargs` (small valid arguments for tests and smoke benchmarks).
+`lla.attention.token_order`), `default_kwargs` (what configs and models use),
+`example_kwargs` (small valid arguments for tests and smoke benchmarks) and, for ops a decoder
+can run token by token, `decoding` (`Decoding`: the op's own cache, prefill and step; e.g.
+`lla.models.lm` decodes through it).
 
 Kernel tuning (tile sizes, launch parameters) is not in an op's signature: an implementation
 may declare a `Tunable` config, a frozen dataclass with a heuristic default; `tuning(...)`
@@ -64,9 +66,9 @@ class Capabilities:
                     (neighbourhood attention).
       segments: supports `segment_ids` (packed variable-length sequences).
       gqa: k/v may have fewer heads than q (a divisor).
-      decode: supports incremental decoding over a fixed-size KV cache: q may be shorter
-        than k/v (Nq != Nk) and the op takes `kv_lengths` (int [B]; keys j >= kv_lengths[b]
-        are masked: the cache's unfilled part), combinable with `causal` (top-left aligned).
+      decode: has incremental (token-by-token causal) decoding with a cache of its own,
+        `AttentionOp.decoding` (a `Decoding`). Derived from it: `AttentionOp` sets the flag
+        when `decoding` is given, and rejects `decode=True` without one.
       trainable: has a backward pass (gradients into q, k, v).
       dtypes: floating dtypes accepted by at least one implementation.
     """
@@ -138,6 +140,44 @@ class Implementation:
     tunable: Tunable | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class Decoding:
+    """An op's incremental causal decoding: a cache it owns, a prompt, then one token a step.
+
+    The cache is any pytree of arrays with fixed shapes (it is a jit argument and a
+    `lax.scan` carry), holding its own length: the number of tokens seen, which is the
+    position of the next one. A model drives it per layer as
+
+        cache = init(B, C, H, Hkv, D, dtype, **op_kwargs)
+        out, cache = prefill(q, k, v, cache, **op_kwargs)     # P prompt tokens, positions 0..P-1
+        out, cache = step(q1, k1, v1, cache, **op_kwargs)     # one token at position P, P+1, ...
+
+    `op_kwargs` are the op's static keyword arguments as the model passes them to its forward
+    (`default_kwargs` updated by the model's own), without `causal`, which is implied. k and v
+    have Hkv heads, a divisor of H where the op declares `gqa`, else Hkv == H (a model repeats
+    kv heads for ops without `gqa`). In float32, prefill then steps reproduce the rows of the
+    op's causal forward over the whole sequence (`op(q, k, v, causal=True, **op_kwargs)`).
+
+    Attributes:
+      init: `init(batch, capacity, heads, kv_heads, head_dim, dtype, **op_kwargs) -> cache`,
+        empty (length 0), for up to `capacity` tokens; keys and values stored in `dtype`.
+        Raises ValueError for a capacity or `op_kwargs` it cannot decode.
+      prefill: `prefill(q [B, P, H, D], k, v [B, P, Hkv, D], cache, **op_kwargs) ->
+        (out [B, P, H, D], cache)`: causal attention over the prompt, into a cache fresh from
+        `init`; the cache then holds P tokens. Raises ValueError for P > capacity, or a P the
+        op cannot take.
+      step: `step(q [B, 1, H, D], k, v [B, 1, Hkv, D], cache, **op_kwargs) ->
+        (out [B, 1, H, D], cache)`: the token at position t = the cache's length, appended
+        and attended causally (keys 0..t); the cache then holds t + 1 tokens. A step with a
+        full cache (t >= capacity) returns NaN output, and the cache it returns is not
+        usable. Compiles once per cache shape: t is traced, never static.
+    """
+
+    init: Callable[..., Any]
+    prefill: Callable[..., tuple[jax.Array, Any]]
+    step: Callable[..., tuple[jax.Array, Any]]
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AttentionOp:
     """A registered attention variant: `op(q, k, v, **kwargs)` calls `fn`.
@@ -152,6 +192,8 @@ class AttentionOp:
         (e.g. the paper's defaults); spatial arguments come from the token order instead.
       example_kwargs: keyword arguments valid on small inputs (an 8 x 8 grid, 64 tokens),
         for the shared tests, models' "every op plugs in" tests and CPU benchmark runs.
+      decoding: its incremental causal decoding (`Decoding`), or None. Needs
+        `capabilities.causal`; sets `capabilities.decode`.
     """
 
     name: str
@@ -161,6 +203,7 @@ class AttentionOp:
     capabilities: Capabilities = Capabilities()
     default_kwargs: Mapping[str, Any] = types.MappingProxyType({})
     example_kwargs: Mapping[str, Any] = types.MappingProxyType({})
+    decoding: Decoding | None = None
 
     def __post_init__(self):
         impls = self.implementations
@@ -170,6 +213,20 @@ class AttentionOp:
                              ("default_kwargs", self.default_kwargs),
                              ("example_kwargs", self.example_kwargs)):
             object.__setattr__(self, field, types.MappingProxyType(dict(value)))
+        if self.decoding is None:
+            if self.capabilities.decode:
+                raise ValueError(f"attention op {self.name!r}: capabilities declare decode but "
+                                 f"the op has no decoding; pass decoding=Decoding(init, "
+                                 f"prefill, step) (the flag follows from it)")
+            return
+        if not isinstance(self.decoding, Decoding):
+            raise ValueError(f"attention op {self.name!r}: decoding must be a Decoding(init, "
+                             f"prefill, step) or None; got {type(self.decoding).__name__}")
+        if not self.capabilities.causal:
+            raise ValueError(f"attention op {self.name!r}: decoding is causal attention, token "
+                             f"by token; it needs capabilities.causal")
+        object.__setattr__(self, "capabilities",
+                           dataclasses.replace(self.capabilities, decode=True))
 
     def __call__(self, *args, **kwargs):
         return self.fn(*args, **kwargs)

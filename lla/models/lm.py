@@ -12,15 +12,16 @@ N(0, 0.02), the residual output projections N(0, 0.02 / sqrt(2·depth)) (GPT-2).
 
 Packed sequences: with `segment_ids`, a token attends only to earlier tokens of its own
 segment and its RoPE position restarts at 0 where a segment starts. Decoding
-(`lla.models.lm_decoding`): `prefill` runs the prompt through this forward and keeps every
-layer's keys and values in a fixed-size `KVCache`; each step then attends one new token over
-the cache with the op's `kv_lengths` (ops that declare `decode`).
+(`lla.models.lm_decoding`) runs through the attention op's own `decoding`
+(`lla.attention.registry.Decoding`, ops that declare `decode`): `prefill` starts one op cache
+per layer with the prompt, each `decode` step appends one token to them; the model's
+`DecodingCache` holds those caches and the next token's position (for RoPE).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -44,18 +45,21 @@ PRESETS = {
 }
 
 
-class KVCache(NamedTuple):
-    """Every layer's keys and values of the tokens seen so far, in a fixed-size buffer.
+class DecodingCache(NamedTuple):
+    """The decoding state of an LM: every layer's attention cache and the tokens seen.
 
     Attributes:
-      keys, values: one [B, L, Hkv, D] array per layer in the compute dtype (keys after
-        RoPE); entries at positions >= length are unused.
-      length: int32 [], the number of filled positions (the next token's position).
+      layers: one cache per block, each whatever the op's `Decoding` keeps (dense: keys and
+        values [B, L, Hkv, D] in the compute dtype, keys after RoPE, and their length).
+      length: int32 [], the number of tokens seen (the next token's RoPE position).
     """
 
-    keys: tuple[jax.Array, ...]
-    values: tuple[jax.Array, ...]
+    layers: tuple[Any, ...]
     length: jax.Array
+
+
+# (q [B, T, H, D], k, v [B, T, Hkv, D]) -> (out [B, T, H, D], the layer's cache or None)
+Attend = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, Any]]
 
 
 def segment_positions(segment_ids: jax.Array) -> jax.Array:
@@ -74,12 +78,11 @@ def ops_with(capability: str) -> list[str]:
 
 
 class CausalSelfAttention(nn.Module):
-    """x [B, T, C] -> ([B, T, C], (k, v)): projections, RoPE on q and k, the op, out.
+    """x [B, T, C] -> ([B, T, C], cache): projections, RoPE on q and k, `attend`, out.
 
-    Without `cache`, (k, v) are this call's [B, T, Hkv, D]; with `cache` = (keys, values
-    [B, L, Hkv, D], length int32 []), the T new keys and values are written at positions
-    [length, length + T) and attention runs over the cache (the op gets `kv_lengths`); (k, v)
-    are then the updated buffers.
+    `attend(q, k, v)` is the op's causal forward (cache None) or a phase of its decoding
+    (prefill or step, returning the layer's new cache); see `LM`. k and v have Hkv heads
+    where the op declares `gqa`, else each kv head is repeated for its group of query heads.
     """
 
     num_heads: int
@@ -89,7 +92,7 @@ class CausalSelfAttention(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, rope, op_kwargs: Mapping[str, Any], cache=None):
+    def __call__(self, x, rope, attend: Attend):
         batch, tokens, width = x.shape
         head_dim = width // self.num_heads
 
@@ -101,23 +104,17 @@ class CausalSelfAttention(nn.Module):
         q = apply_rope(project(self.num_heads, "query"), *rope)
         k = apply_rope(project(self.num_kv_heads, "key"), *rope)
         v = project(self.num_kv_heads, "value")
-        if cache is not None:
-            keys, values, length = cache
-            k = lax.dynamic_update_slice_in_dim(keys, k.astype(keys.dtype), length, axis=1)
-            v = lax.dynamic_update_slice_in_dim(values, v.astype(values.dtype), length, axis=1)
-            op_kwargs = {**op_kwargs, "kv_lengths": jnp.full((batch,), length + tokens)}
-        op = attention.get(self.op)
-        groups = self.num_heads // self.num_kv_heads
-        shared = (k, v) if op.capabilities.gqa else (jnp.repeat(k, groups, axis=2),
-                                                     jnp.repeat(v, groups, axis=2))
-        out = op(q, *shared, **op_kwargs).reshape(batch, tokens, width)
+        if not attention.get(self.op).capabilities.gqa:
+            groups = self.num_heads // self.num_kv_heads
+            k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
+        out, cache = attend(q, k, v)
         out = nn.Dense(width, use_bias=False, dtype=self.dtype, kernel_init=self.out_init,
-                       name="out")(out)
-        return out, (k, v)
+                       name="out")(out.reshape(batch, tokens, width))
+        return out, cache
 
 
 class Block(nn.Module):
-    """x + attention(RMSNorm(x)), then + SwiGLU(RMSNorm(x)); returns (x, the layer's k/v)."""
+    """x + attention(RMSNorm(x)), then + SwiGLU(RMSNorm(x)); returns (x, the layer's cache)."""
 
     num_heads: int
     num_kv_heads: int
@@ -127,14 +124,14 @@ class Block(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, rope, op_kwargs, cache=None):
-        attended, kv = CausalSelfAttention(
+    def __call__(self, x, rope, attend: Attend):
+        attended, cache = CausalSelfAttention(
             self.num_heads, self.num_kv_heads, self.op, self.out_init, self.dtype,
-            name="attention")(RMSNorm(name="attention_norm")(x), rope, op_kwargs, cache)
+            name="attention")(RMSNorm(name="attention_norm")(x), rope, attend)
         x = x + attended
         mlp = SwiGLU(x.shape[-1], self.mlp_hidden, nn.initializers.normal(0.02),
                      self.out_init, self.dtype, name="mlp")
-        return x + mlp(RMSNorm(name="mlp_norm")(x)), kv
+        return x + mlp(RMSNorm(name="mlp_norm")(x)), cache
 
 
 class LM(nn.Module):
@@ -150,7 +147,8 @@ class LM(nn.Module):
       rope_theta: RoPE base.
       attention, attention_kwargs: a registered op that declares `causal` and takes 1-D
         sequences, and its keyword arguments (over its `default_kwargs`; the model passes
-        `causal`, `segment_ids` and, for grid ops, `spatial_shape`).
+        `causal`, `segment_ids` and, for grid ops, `spatial_shape`). Decoding (`prefill`,
+        `decode`) needs an op with `decoding`, which gets the same keyword arguments.
       dtype: compute dtype (parameters stay float32; logits are returned as float32).
     """
 
@@ -222,40 +220,48 @@ class LM(nn.Module):
         train: accepted for the objectives' interface (the model has no dropout).
         """
         del train
-        logits, _ = self._forward(tokens, segment_ids, positions)
+        self._check_inputs(tokens, segment_ids, positions)
+        if positions is None and segment_ids is not None:
+            positions = segment_positions(segment_ids)
+        if positions is None:
+            positions = jnp.arange(tokens.shape[1])
+        op = attention.get(self.attention)
+        op_kwargs = self._op_kwargs(tokens.shape[1], segment_ids)
+
+        def forward(q, k, v):
+            return op(q, k, v, **op_kwargs), None
+
+        logits, _ = self._run(tokens, positions, [forward] * self.depth)
         return logits
 
-    def prefill(self, tokens: jax.Array, cache_length: int) -> tuple[jax.Array, KVCache]:
-        """tokens int [B, P] -> (logits float32 [B, P, V], a cache of `cache_length` holding
-        their keys and values, length P): the forward of `__call__`, keeping k and v."""
+    def prefill(self, tokens: jax.Array, cache_length: int
+                ) -> tuple[jax.Array, DecodingCache]:
+        """tokens int [B, P] -> (logits float32 [B, P, V], a cache of `cache_length` positions
+        holding them, length P): the causal forward, through the op's `Decoding.prefill`."""
+        self._check_inputs(tokens, None, None)
         if not tokens.shape[1] <= cache_length <= self.context:
             raise ValueError(f"LM: a cache of {cache_length} positions cannot hold the "
                              f"{tokens.shape[1]}-token prompt or exceeds the context "
                              f"{self.context}; use P <= cache_length <= context")
-        logits, kv = self._forward(tokens, None, None)
-        pad = [(0, 0), (0, cache_length - tokens.shape[1]), (0, 0), (0, 0)]
-        keys, values = zip(*((jnp.pad(k, pad), jnp.pad(v, pad)) for k, v in kv), strict=True)
-        return logits, KVCache(keys, values, jnp.asarray(tokens.shape[1], jnp.int32))
+        decoding, op_kwargs = self._decoding()
+        # CausalSelfAttention repeats the kv heads for ops without gqa
+        gqa = attention.get(self.attention).capabilities.gqa
+        kv_heads = self.kv_heads if gqa else self.num_heads
+        empty = decoding.init(tokens.shape[0], cache_length, self.num_heads, kv_heads,
+                              self.width // self.num_heads, self.dtype, **op_kwargs)
+        attends = [_phase(decoding.prefill, empty, op_kwargs) for _ in range(self.depth)]
+        logits, layers = self._run(tokens, jnp.arange(tokens.shape[1]), attends)
+        return logits, DecodingCache(tuple(layers), jnp.asarray(tokens.shape[1], jnp.int32))
 
-    def decode(self, token: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+    def decode(self, token: jax.Array, cache: DecodingCache
+               ) -> tuple[jax.Array, DecodingCache]:
         """token int [B] at position cache.length -> (logits float32 [B, V], the cache with
-        its keys and values added). A step past the cache's end returns NaN logits."""
-        op = attention.get(self.attention)
-        if not op.capabilities.decode:
-            raise ValueError(f"LM: decoding with a KV cache needs an attention op that "
-                             f"declares `decode` (kv_lengths over a cache); {self.attention!r} "
-                             f"does not. Ops that do: {', '.join(ops_with('decode'))}")
-        x = self.embed(token[:, None])
-        rope = rope_1d(cache.length[None], self.width // self.num_heads, self.rope_theta)
-        op_kwargs = {**op.default_kwargs, **(self.attention_kwargs or {})}
-        keys, values = [], []
-        for block, k, v in zip(self.blocks, cache.keys, cache.values, strict=True):
-            x, (k, v) = block(x, rope, op_kwargs, (k, v, cache.length))
-            keys.append(k)
-            values.append(v)
-        capacity = cache.keys[0].shape[1]
-        logits = jnp.where(cache.length < capacity, self._logits(x)[:, 0], jnp.nan)
-        return logits, KVCache(tuple(keys), tuple(values), cache.length + 1)
+        the token added), through the op's `Decoding.step`. A step past the cache's end
+        returns NaN logits (the op's step outputs NaN there)."""
+        decoding, op_kwargs = self._decoding()
+        attends = [_phase(decoding.step, layer, op_kwargs) for layer in cache.layers]
+        logits, layers = self._run(token[:, None], cache.length[None], attends)
+        return logits[:, 0], DecodingCache(tuple(layers), cache.length + 1)
 
     def generate(self, params, prompt: jax.Array, key: jax.Array, **sampling) -> jax.Array:
         """`lla.models.lm_decoding.generate` with this model (for callers that know the model,
@@ -266,35 +272,43 @@ class LM(nn.Module):
         """`segment_positions(segment_ids)`: RoPE positions restarting at each document."""
         return segment_positions(segment_ids)
 
-    def _forward(self, tokens, segment_ids, positions):
-        """(logits [B, N, V], [(k, v) [B, N, Hkv, D] per layer]) of the full sequence."""
-        self._check_inputs(tokens, segment_ids, positions)
-        if positions is None and segment_ids is not None:
-            positions = segment_positions(segment_ids)
-        if positions is None:
-            positions = jnp.arange(tokens.shape[1])
+    def _run(self, tokens, positions, attends: list[Attend]):
+        """(logits float32 [B, T, V], [each layer's cache]) of tokens int [B, T] at RoPE
+        positions int [T] or [B, T], block i attending through `attends[i]`."""
         rope = rope_1d(positions, self.width // self.num_heads, self.rope_theta)
-        op_kwargs = self._op_kwargs(tokens.shape[1], segment_ids)
         x = self.embed(tokens)
-        kv = []
-        for block in self.blocks:
-            x, layer_kv = block(x, rope, op_kwargs)
-            kv.append(layer_kv)
-        return self._logits(x), kv
-
-    def _logits(self, x):
+        caches = []
+        for block, attend in zip(self.blocks, attends, strict=True):
+            x, cache = block(x, rope, attend)
+            caches.append(cache)
         x = self.final_norm(x)
         logits = self.embed.attend(x) if self.tie_embeddings else self.head(x)
-        return logits.astype(jnp.float32)
+        return logits.astype(jnp.float32), caches
 
-    def _op_kwargs(self, tokens: int, segment_ids) -> dict[str, Any]:
-        """The op's keyword arguments for a causal pass over `tokens` tokens."""
+    def _user_kwargs(self) -> dict[str, Any]:
+        """The op's `default_kwargs` updated by `attention_kwargs` (none the model sets)."""
         op = attention.get(self.attention)
         kwargs = {**op.default_kwargs, **(self.attention_kwargs or {})}
         for reserved in ("causal", "segment_ids", "kv_lengths"):
             if reserved in kwargs:
                 raise ValueError(f"LM: attention_kwargs sets {reserved!r}, which the model "
                                  f"passes itself; leave it out")
+        return kwargs
+
+    def _decoding(self) -> tuple[Any, dict[str, Any]]:
+        """(the op's `Decoding`, its keyword arguments); ValueError naming the ops that
+        decode when this one does not."""
+        decoding = attention.get(self.attention).decoding
+        if decoding is None:
+            raise ValueError(f"LM: decoding with a KV cache needs an attention op that "
+                             f"declares `decode` (an AttentionOp.decoding); {self.attention!r} "
+                             f"does not. Ops that do: {', '.join(ops_with('decode'))}")
+        return decoding, self._user_kwargs()
+
+    def _op_kwargs(self, tokens: int, segment_ids) -> dict[str, Any]:
+        """The op's keyword arguments for a causal pass over `tokens` tokens."""
+        op = attention.get(self.attention)
+        kwargs = self._user_kwargs()
         kwargs["causal"] = True
         if segment_ids is not None:
             if not op.capabilities.segments:
@@ -334,7 +348,13 @@ class LM(nn.Module):
                                  f"shape {tuple(ids.shape)}")
 
 
+def _phase(fn: Callable, cache, op_kwargs: Mapping[str, Any]) -> Attend:
+    """`attend` running a `Decoding` phase (`prefill` or `step`) on one layer's cache."""
+    return lambda q, k, v: fn(q, k, v, cache, **op_kwargs)
+
+
 Model = LM
 
-__all__ = ["LM", "PRESETS", "Block", "CausalSelfAttention", "KVCache", "Model", "filter_logits",
-           "generate", "make_decode_step", "ops_with", "prefill", "segment_positions"]
+__all__ = ["LM", "PRESETS", "Block", "CausalSelfAttention", "DecodingCache", "Model",
+           "filter_logits", "generate", "make_decode_step", "ops_with", "prefill",
+           "segment_positions"]

@@ -1,5 +1,6 @@
-"""KV-cache decoding and sampling for language models with `prefill` and `decode` methods
-(`lla.models.lm.LM`).
+"""Cached decoding and sampling for language models with `prefill` and `decode` methods
+(`lla.models.lm.LM`, which decodes through its attention op's `Decoding`: dense attention
+keeps keys and values, other ops whatever their step needs).
 
     logits, cache = prefill(model, params, prompt)            # [B, P] -> [B, P, V], cache
     step = make_decode_step(model)                            # jitted once per cache size
@@ -22,8 +23,9 @@ from jax import lax
 
 
 def prefill(model, params, prompt: jax.Array, cache_length: int | None = None):
-    """(logits float32 [B, P, V], KV cache of `cache_length` (default: model.context)
-    positions holding the prompt) of prompt int32 [B, P]."""
+    """(logits float32 [B, P, V], a decoding cache (`lla.models.lm.DecodingCache`) of
+    `cache_length` (default: model.context) positions holding the prompt) of prompt int32
+    [B, P]."""
     length = model.context if cache_length is None else cache_length
     return model.apply(params, prompt, length, method="prefill")
 
@@ -86,13 +88,14 @@ def generate(model, params, prompt: jax.Array, key: jax.Array, *, steps: int,
     """Continues each prompt row by `steps` sampled tokens.
 
     Args:
-      model, params: an LM (`lla.models.lm.LM`, attention op with `decode`) and its params.
+      model, params: an LM (`lla.models.lm.LM`, an attention op with `decoding`) and its
+        params.
       prompt: int [B, P], P >= 1, one document per row.
       key: the sampling randomness (step t uses the t-th of `steps` split keys).
       steps: new tokens per row, >= 1.
       temperature: logits are divided by it; 0 = greedy decoding.
       top_k, top_p: `filter_logits` (0 and 1 turn them off).
-      cache_length: KV-cache positions, P + steps <= cache_length <= model.context
+      cache_length: cache positions, P + steps <= cache_length <= model.context
         (default: model.context).
 
     Returns:

@@ -244,3 +244,66 @@ def test_llsa_default_kwargs_are_its_signature_defaults():
     parameters = inspect.signature(attention.llsa).parameters
     for key, value in attention.get("llsa").default_kwargs.items():
         assert parameters[key].default == value
+
+
+def noop_decoding() -> registry.Decoding:
+    return registry.Decoding(init=lambda *shape, **kwargs: None,
+                             prefill=lambda q, k, v, cache, **kwargs: (q, cache),
+                             step=lambda q, k, v, cache, **kwargs: (q, cache))
+
+
+def test_decoding_sets_the_decode_flag_and_is_checked():
+    """`capabilities.decode` follows from `decoding`: set by it (also through
+    dataclasses.replace), an error without it; decoding needs a causal op."""
+    op = attention.get("dense")
+    causal = attention.Capabilities(causal=True)
+    decoding = noop_decoding()
+    with_decoding = dataclasses.replace(op, name="x", capabilities=causal, decoding=decoding)
+    assert with_decoding.capabilities.decode and with_decoding.decoding is decoding
+    assert dataclasses.replace(with_decoding, name="y").capabilities.decode
+    assert not dataclasses.replace(op, capabilities=causal, decoding=None).capabilities.decode
+    with pytest.raises(ValueError, match="declare decode but the op has no decoding"):
+        dataclasses.replace(op, decoding=None)
+    with pytest.raises(ValueError, match="decoding is causal attention, token by token"):
+        dataclasses.replace(op, capabilities=attention.Capabilities(), decoding=decoding)
+    with pytest.raises(ValueError, match="decoding must be a Decoding"):
+        dataclasses.replace(op, decoding=(decoding.init, decoding.prefill, decoding.step))
+
+
+DECODING_OPS = [name for name in attention.names() if attention.get(name).decoding is not None]
+
+
+@pytest.mark.parametrize("name", DECODING_OPS)
+def test_every_decoding_reproduces_the_causal_forward(name):
+    """For every registered op with `decoding`, at its example_kwargs on 64 tokens: a prefill
+    of 16 then 48 jitted steps give the rows of `op(q, k, v, causal=True)` (f32), every step
+    keeps the cache's shapes and dtypes (a scan carry) and compiles once, and a step with a
+    full cache outputs NaN."""
+    op = attention.get(name)
+    kwargs = dict(op.example_kwargs)
+    kv_heads = 2 if op.capabilities.gqa else 4
+    q, k, v = random_qkv((2, 64, 64, 4, kv_heads, 16), seed=5)
+    traces = []
+
+    def step(q, k, v, cache):
+        traces.append(None)
+        return op.decoding.step(q, k, v, cache, **kwargs)
+
+    step = jax.jit(step)
+    with jax.default_matmul_precision("highest"):
+        expected = op(q, k, v, causal=True, **kwargs)
+        empty = op.decoding.init(2, 64, 4, kv_heads, 16, jnp.float32, **kwargs)
+        out, cache = jax.jit(lambda *x: op.decoding.prefill(*x, **kwargs))(
+            q[:, :16], k[:, :16], v[:, :16], empty)
+        rows = [out]
+        for t in range(16, 64):
+            out, cache = step(q[:, t:t + 1], k[:, t:t + 1], v[:, t:t + 1], cache)
+            rows.append(out)
+        past, _ = step(q[:, :1], k[:, :1], v[:, :1], cache)
+    signature = jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), empty)
+    assert jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), cache) == signature
+    assert len(traces) == 1
+    decoded = np.asarray(jnp.concatenate(rows, axis=1), np.float64)
+    reference = np.asarray(expected, np.float64)
+    assert np.linalg.norm(decoded - reference) / np.linalg.norm(reference) < 1e-5
+    assert np.isnan(past).all()

@@ -1,19 +1,32 @@
-"""LM: parameter counts and FLOPs against formulas, KV-cache decoding against the full forward,
-causality with every causal op, packed documents, grouped-query heads, tied heads, sampling
-(greedy, top-k, nucleus) and the errors."""
+"""LM: parameter counts and FLOPs against formulas, cached decoding against the full forward
+(dense, every op with `decoding`, and a test op whose cache is unlike dense's), causality with
+every causal op, packed documents, grouped-query heads, tied heads, sampling (greedy, top-k,
+nucleus) and the errors."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
 import lla.attention as attention
 from lla import models
-from lla.models.lm import LM, PRESETS, filter_logits, generate, prefill, segment_positions
+from lla.attention import registry
+from lla.models.lm import (
+    LM,
+    PRESETS,
+    filter_logits,
+    generate,
+    ops_with,
+    prefill,
+    segment_positions,
+)
 from lla.models.lm_decoding import make_decode_step
-from tests.attention.toy import TOY
+from tests.attention.toy import TOY, TOY_HIERARCHY
 
 SMALL = dict(vocab_size=61, context=48, depth=2, width=32, num_heads=4, num_kv_heads=2)
 
@@ -110,7 +123,8 @@ def test_cached_decoding_equals_the_full_forward(small):
         for position in range(prompt, 37):
             step_logits, cache = step(params, cache, tokens[:, position])
             stepped.append(step_logits)
-        assert cache.keys[0].shape == (2, 40, 2, 8) and int(cache.length) == 37
+        assert cache.layers[0].keys.shape == (2, 40, 2, 8)  # dense's KVCache, GQA heads
+        assert int(cache.length) == int(cache.layers[1].length) == 37
         assert relative_max_error(logits, full[:, :prompt]) < 1e-5
         # step logits after token t are the forward's logits at position t
         assert relative_max_error(jnp.stack(stepped, axis=1), full[:, prompt:]) < 1e-5
@@ -118,6 +132,77 @@ def test_cached_decoding_equals_the_full_forward(small):
             step_logits, cache = step(params, cache, tokens[:, position])
         assert np.isfinite(step_logits).all()
         assert np.isnan(step(params, cache, tokens[:, 0])[0]).all()  # no position 40
+
+
+def check_decoding_equals_the_forward(name, params, prompt=16):
+    """An LM over op `name` (its example_kwargs) with a 64-token context: a prefill of
+    `prompt` tokens, then one step per token up to the context give the full forward's
+    logits at every position (f32), the cache keeps its shapes and dtypes, and one step more
+    (no position 64) gives NaN logits. Returns the final cache."""
+    model = LM(**{**SMALL, "context": 64}, attention=name,
+               attention_kwargs=attention.get(name).example_kwargs)
+    tokens = random_tokens((2, 64), seed=6)
+    full = jax.jit(model.apply)(params, tokens)
+    logits, cache = jax.jit(lambda params, prompt: prefill(model, params, prompt, 64))(
+        params, tokens[:, :prompt])
+    signature = jax.tree.map(lambda x: (x.shape, x.dtype), cache)
+    step = make_decode_step(model)
+    rows = [logits]
+    for position in range(prompt, 64):
+        step_logits, cache = step(params, cache, tokens[:, position])
+        rows.append(step_logits[:, None])
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), cache) == signature  # a scan carry
+    assert int(cache.length) == 64
+    assert relative_max_error(jnp.concatenate(rows, axis=1), full) < 1e-5
+    assert np.isnan(step(params, cache, tokens[:, 0])[0]).all()
+    return cache
+
+
+@pytest.mark.parametrize("name", ops_with("decode"))
+def test_every_op_with_decoding_decodes_as_the_forward(small, name):
+    check_decoding_equals_the_forward(name, small[1])
+
+
+def recompute_decoding(attend) -> registry.Decoding:
+    """A `Decoding` for any causal op, the slow way: the cache keeps every query, key and value
+    (a dict, unlike dense's KVCache; LLSA's keeps queries too) and a step reruns the causal
+    forward over the whole buffer and keeps row t (later rows, unfilled, cannot reach it)."""
+
+    def init(batch, capacity, heads, kv_heads, head_dim, dtype, **op_kwargs):
+        def zeros(h):
+            return jnp.zeros((batch, capacity, h, head_dim), dtype)
+
+        return {"q": zeros(heads), "k": zeros(kv_heads), "v": zeros(kv_heads),
+                "length": jnp.zeros((), jnp.int32)}
+
+    def prefill(q, k, v, cache, **op_kwargs):
+        buffers = {name: cache[name].at[:, :q.shape[1]].set(x)
+                   for name, x in (("q", q), ("k", k), ("v", v))}
+        out = attend(q, k, v, causal=True, **op_kwargs)
+        return out, {**buffers, "length": jnp.asarray(q.shape[1], jnp.int32)}
+
+    def step(q, k, v, cache, **op_kwargs):
+        t = cache["length"]
+        buffers = {name: lax.dynamic_update_slice_in_dim(cache[name], x, t, axis=1)
+                   for name, x in (("q", q), ("k", k), ("v", v))}
+        out = lax.dynamic_slice_in_dim(attend(*buffers.values(), causal=True, **op_kwargs),
+                                       t, 1, axis=1)
+        out = jnp.where(t < cache["q"].shape[1], out, jnp.nan)
+        return out, {**buffers, "length": t + 1}
+
+    return registry.Decoding(init=init, prefill=prefill, step=step)
+
+
+def test_an_op_with_its_own_cache_and_no_gqa_decodes_through_the_lm(small, monkeypatch):
+    """The LM treats op caches as opaque pytrees: the toy op (no gqa: the model repeats kv
+    heads, and its cache gets H of them) with a dict cache decodes as its forward, from a
+    5-token prompt."""
+    op = dataclasses.replace(TOY, name="toy_decoding", decoding=recompute_decoding(TOY.fn))
+    monkeypatch.setitem(registry._REGISTRY, op.name, op)
+    assert op.name in ops_with("decode")
+    cache = check_decoding_equals_the_forward(op.name, small[1], prompt=5)
+    assert set(cache.layers[0]) == {"q", "k", "v", "length"}
+    assert cache.layers[0]["k"].shape == (2, 64, 4, 8)  # 2 kv heads repeated to 4
 
 
 CAUSAL_OPS = [name for name in attention.names() if attention.get(name).capabilities.causal]
@@ -260,8 +345,9 @@ def test_top_p_keeps_the_smallest_set_reaching_p_and_top_k_the_k_largest():
 
 
 def test_non_causal_op_is_rejected_with_the_causal_ones_named():
-    model = LM(**SMALL, attention="llsa")
-    with pytest.raises(ValueError, match=r"'llsa' does not declare causal; causal ops: .*dense"):
+    model = LM(**SMALL, attention=TOY_HIERARCHY)
+    with pytest.raises(ValueError, match=r"'toy_hierarchy' does not declare causal; causal "
+                                         r"ops: .*dense"):
         init(model)
 
 

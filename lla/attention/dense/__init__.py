@@ -29,7 +29,7 @@ from lla.attention.common.validation import (
     default_scale,
     split_segment_ids,
 )
-from lla.attention.dense import cudnn, reference
+from lla.attention.dense import cudnn, decoding, reference
 
 
 def dot_product_attention(
@@ -109,4 +109,5 @@ DENSE = registry.register(registry.AttentionOp(
             tunable=registry.Tunable(reference.default_config, ("chunk_q", "chunk_k"))),
     ),
     summary="softmax attention over all keys (causal, segment_ids, GQA, kv_lengths)",
+    decoding=decoding.kv_lengths_decoding(dot_product_attention),
 ))

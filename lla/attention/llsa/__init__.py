@@ -25,6 +25,15 @@ Files: `hierarchy.py` (levels, pooling, selection: shared by every implementatio
 `reference.py` ("xla"), `pallas_gpu.py` and `pallas_tpu.py` (glue around the kernels of
 `lla.pallas_kernels.llsa`; their tiling is a `tuning` config, not an argument).
 
+`causal=True` (decoder LMs, tokens in sequence order) is defined in docs/llsa_causal.md:
+each query block selects, at every level, with the mean query of the block before it, among
+tokens whose whole span lies before the block; it attends at level l < L to the children of
+its picks and of its open parent (the level-(l+1) token containing its start) that are
+complete (level 0: at or before the query, so the own block is always kept, masked on the
+diagonal), and to every complete coarsest token. Every past token stays represented at some
+level; no output depends on a later token. `causal.py` holds that selection, `decoding.py`
+the token-by-token cache (the op's `Decoding`: pooled levels kept up to date per token).
+
 N must be divisible by B^L (no partial blocks): other sizes are rejected with an error that
 names the nearest valid N.
 """
@@ -37,7 +46,7 @@ import jax
 
 from lla.attention import registry
 from lla.attention.common.validation import check_flag, check_int, check_qkv
-from lla.attention.llsa import hierarchy, pallas_gpu, pallas_tpu, reference
+from lla.attention.llsa import decoding, hierarchy, pallas_gpu, pallas_tpu, reference
 
 
 def llsa(
@@ -50,10 +59,11 @@ def llsa(
     levels: int | None = None,
     enrich_levels: int | None = None,
     reweight: bool = True,
+    causal: bool = False,
     implementation: str | Sequence[str] | None = None,
     interpret: bool = False,
 ) -> jax.Array:
-    """Log-linear sparse attention (non-causal self-attention).
+    """Log-linear sparse attention (self-attention; causal or not).
 
     Args:
       q: [B, N, H, D] float32, bfloat16 or float16, tokens in hierarchy order.
@@ -66,6 +76,7 @@ def llsa(
         selected fine blocks; None means L.
       reweight: add log(B^l) to the logits of level-l tokens (their count); False gives
         every token weight 1.
+      causal: each query sees only tokens at or before its position (docs/llsa_causal.md).
       implementation: None (best available), "xla", "pallas_gpu", "pallas_tpu", or a
         sequence of names.
       interpret: run Pallas kernels in interpret mode (any platform, for tests).
@@ -84,17 +95,19 @@ def llsa(
               else check_int("llsa", "levels", levels, 1))
     enrich_levels = hierarchy.check_enrich_levels("llsa", enrich_levels, levels)
     reweight = check_flag("llsa", "reweight", reweight)
+    causal = check_flag("llsa", "causal", causal)
     interpret = check_flag("llsa", "interpret", interpret)
     hierarchy.check_hierarchy("llsa", tokens, block_size, topk, levels)
     static = dict(block_size=block_size, topk=topk, levels=levels,
-                  enrich_levels=enrich_levels, reweight=reweight, interpret=interpret)
+                  enrich_levels=enrich_levels, reweight=reweight, causal=causal,
+                  interpret=interpret)
     return registry.call(LLSA, implementation, q, k, v, **static)
 
 
 LLSA = registry.register(registry.AttentionOp(
     name="llsa",
     fn=llsa,
-    capabilities=registry.Capabilities(token_order="hierarchy", gqa=True),
+    capabilities=registry.Capabilities(token_order="hierarchy", causal=True, gqa=True),
     implementations=(
         registry.Implementation("pallas_gpu", pallas_gpu.llsa_pallas_gpu,
                                 pallas_gpu.unsupported_reasons, ("gpu",), pallas_gpu.TUNABLE),
@@ -102,6 +115,7 @@ LLSA = registry.register(registry.AttentionOp(
                                 pallas_tpu.unsupported_reasons, ("tpu",), pallas_tpu.TUNABLE),
         registry.Implementation("xla", reference.llsa_xla),
     ),
+    decoding=registry.Decoding(decoding.init_cache, decoding.prefill, decoding.step),
     summary="log-linear sparse attention: hierarchical top-K + weighted coarse levels",
     default_kwargs={"block_size": 16, "topk": 8},
     example_kwargs={"block_size": 4, "topk": 2},

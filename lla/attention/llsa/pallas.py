@@ -16,11 +16,11 @@ def tunable(kernels: types.ModuleType) -> registry.Tunable:
     or `.tpu`): `kernels.make_config` for the inputs, `kernels.TUNABLE_FIELDS` settable."""
 
     def default_config(q, k, v, *, block_size, topk, levels, enrich_levels, reweight,
-                       interpret):
+                       causal, interpret):
         _, tokens, heads, head_dim = q.shape
         return kernels.make_config(block_size, topk, levels, heads, k.shape[2], tokens,
                                    head_dim, enrich_levels=enrich_levels, reweight=reweight,
-                                   interpret=interpret)
+                                   causal=causal, interpret=interpret)
 
     return registry.Tunable(default_config, kernels.TUNABLE_FIELDS)
 

@@ -2,9 +2,10 @@
 
 Pooling and the hierarchical selection run in XLA (`hierarchy`, the same code as the
 reference, so both attend to identical sets). The attention over the selected sources is a
-`jax.custom_vjp` around the kernels of `lla.pallas_kernels.llsa.gpu`; its inputs are the
-pooled levels, so JAX differentiates the pooling itself and k, v get their gradients through
-it.
+`jax.custom_vjp` around the kernels of `lla.pallas_kernels.llsa.gpu` (`causal_gpu` with
+`causal=True`, whose selection is `lla.attention.llsa.causal.select`, in XLA); its inputs are
+the pooled levels, so JAX differentiates the pooling itself and k, v get their gradients
+through it.
 """
 
 from __future__ import annotations
@@ -14,25 +15,24 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from lla.attention.llsa import hierarchy, pallas
-from lla.pallas_kernels.llsa import gpu, metadata, selection
+from lla.attention.llsa import causal, hierarchy, pallas
+from lla.pallas_kernels.llsa import causal_gpu, gpu, metadata, selection
 
 TUNABLE = pallas.tunable(gpu)
 
 
 def unsupported_reasons(q, k, v, *, block_size, topk, levels, enrich_levels, reweight,
-                        interpret, config: gpu.Config):
+                        causal, interpret, config: gpu.Config):
     """Why the compiled GPU kernels cannot run these inputs (`pallas.reasons`)."""
     return pallas.reasons(gpu, "gpu", config, interpret)
 
 
 def prepare(q, k, v, config: gpu.Config):
-    """Pools in XLA and selects (coarsest level in XLA, the others with the
-    `selection.select_children` kernel); returns the kernels' k and v levels (L + 1 each, in
-    k's dtype, layouts in `gpu`) and picks (L arrays, int32 [Bt·H, N / B^l, K])."""
-    batch, _, heads, head_dim = q.shape
+    """Pools in XLA and selects (`_select`); returns the kernels' k and v levels (L + 1 each,
+    in k's dtype, layouts in `gpu`) and picks (L arrays, int32 [Bt·H, N / B^l, K]; causal:
+    [Bt·H, N / B, K])."""
+    batch, _, _, head_dim = q.shape
     kv_heads, size, levels = k.shape[2], config.block_size, config.levels
-    q_pooled = hierarchy.pyramid(jax.lax.stop_gradient(q), size, levels)
     k_pooled = hierarchy.pyramid(k, size, levels)
     v_pooled = hierarchy.pyramid(v, size, levels)
 
@@ -40,12 +40,7 @@ def prepare(q, k, v, config: gpu.Config):
         """[Bt, N_l, Hkv, D] -> [Bt, N_l / B, B, Hkv, D]."""
         return x.reshape(batch, -1, size, kv_heads, head_dim)
 
-    coarsest = hierarchy.select_coarsest(q_pooled[levels], k_pooled[levels], config.topk)
-    picks = {levels: coarsest.reshape(batch * heads, *coarsest.shape[2:])}
-    for level in range(levels - 1, 0, -1):
-        picks[level] = selection.select_children(
-            q_pooled[level], as_blocks(jax.lax.stop_gradient(k_pooled[level])),
-            picks[level + 1], config)
+    picks = _select(q, k_pooled, as_blocks, config)
     k_levels = (as_blocks(k), *(as_blocks(x.astype(k.dtype)) for x in k_pooled[1:levels]),
                 k_pooled[levels].astype(k.dtype))
     v_levels = (as_blocks(v), *(as_blocks(x.astype(v.dtype)) for x in v_pooled[1:levels]),
@@ -53,13 +48,32 @@ def prepare(q, k, v, config: gpu.Config):
     return k_levels, v_levels, tuple(picks[level] for level in range(1, levels + 1))
 
 
+def _select(q, k_pooled, as_blocks, config: gpu.Config) -> dict:
+    """{l: picks, rows-major [Bt·H, ..., K]}: causal, `causal.select` in XLA; else the coarsest
+    level in XLA and the others with the `selection.select_children` kernel."""
+    rows = q.shape[0] * q.shape[2]
+    if config.causal:
+        return {level: x.reshape(rows, *x.shape[2:])
+                for level, x in causal.select(q, k_pooled, config.block_size,
+                                              config.topk).items()}
+    levels = config.levels
+    q_pooled = hierarchy.pyramid(jax.lax.stop_gradient(q), config.block_size, levels)
+    coarsest = hierarchy.select_coarsest(q_pooled[levels], k_pooled[levels], config.topk)
+    picks = {levels: coarsest.reshape(rows, *coarsest.shape[2:])}
+    for level in range(levels - 1, 0, -1):
+        picks[level] = selection.select_children(
+            q_pooled[level], as_blocks(jax.lax.stop_gradient(k_pooled[level])),
+            picks[level + 1], config)
+    return picks
+
+
 @functools.partial(jax.jit, static_argnames=("block_size", "topk", "levels", "enrich_levels",
-                                             "reweight", "interpret", "config"))
-def llsa_pallas_gpu(q, k, v, *, block_size, topk, levels, enrich_levels, reweight, interpret,
-                    config: gpu.Config):
+                                             "reweight", "causal", "interpret", "config"))
+def llsa_pallas_gpu(q, k, v, *, block_size, topk, levels, enrich_levels, reweight, causal,
+                    interpret, config: gpu.Config):
     """q [Bt, N, H, D], k/v [Bt, N, Hkv, D] -> [Bt, N, H, D] (see `lla.attention.llsa`);
     `config` (shape, ablations and tiling) already describes the static arguments."""
-    del block_size, topk, levels, enrich_levels, reweight, interpret
+    del block_size, topk, levels, enrich_levels, reweight, causal, interpret
     return attend(q, *prepare(q, k, v, config), config)
 
 
@@ -67,11 +81,16 @@ def llsa_pallas_gpu(q, k, v, *, block_size, topk, levels, enrich_levels, reweigh
 def attend(q, k_levels, v_levels, picks, config):
     """The kernels' attention, q [Bt, N, H, D] over `prepare`d levels -> [Bt, N, H, D];
     differentiable in q, k_levels and v_levels."""
-    return gpu.forward(q, k_levels, v_levels, picks, config)[0]
+    return _kernels(config).forward(q, k_levels, v_levels, picks, config)[0]
+
+
+def _kernels(config: gpu.Config):
+    """The kernel module of the call: `causal_gpu` or `gpu`."""
+    return causal_gpu if config.causal else gpu
 
 
 def _attend_fwd(q, k_levels, v_levels, picks, config):
-    out, lse = gpu.forward(q, k_levels, v_levels, picks, config)
+    out, lse = _kernels(config).forward(q, k_levels, v_levels, picks, config)
     return out, (q, k_levels, v_levels, picks, out, lse)
 
 
@@ -80,7 +99,8 @@ def _attend_bwd(config, residuals, d_out):
     delta = jnp.einsum("bnhd,bnhd->bhn", out.astype(jnp.float32), d_out.astype(jnp.float32))
     delta = delta.reshape(lse.shape)
     d_out = d_out.astype(q.dtype)
-    dq = gpu.backward_dq(q, d_out, lse, delta, k_levels, v_levels, picks, config)
+    kernels = _kernels(config)
+    dq = kernels.backward_dq(q, d_out, lse, delta, k_levels, v_levels, picks, config)
     dk_levels, dv_levels = [], []
     for level, (k, v) in enumerate(zip(k_levels, v_levels, strict=True)):
         if not config.attends(level):  # a level the ablation leaves out of the softmax
@@ -90,10 +110,14 @@ def _attend_bwd(config, residuals, d_out):
         k_tokens = k.reshape(k.shape[0], -1, *k.shape[-2:])  # [Bt, N_l, Hkv, D]
         v_tokens = v.reshape(k_tokens.shape)
         if level < config.levels:
-            offsets, groups = metadata.transpose_picks(
-                picks[level], k_tokens.shape[1] // config.block_size)
-            dk, dv = gpu.backward_sparse_dkv(q, d_out, lse, delta, k_tokens, v_tokens,
-                                             offsets, groups, level, config)
+            key_blocks = k_tokens.shape[1] // config.block_size
+            level_picks = picks[level]
+            if config.causal:  # empty slots (-1) become an extra key block, never read
+                key_blocks += 1
+                level_picks = jnp.where(level_picks < 0, key_blocks - 1, level_picks)
+            offsets, groups = metadata.transpose_picks(level_picks, key_blocks)
+            dk, dv = kernels.backward_sparse_dkv(q, d_out, lse, delta, k_tokens, v_tokens,
+                                                 offsets, groups, level, config)
         else:
             dk, dv = gpu.backward_coarse_dkv(q, d_out, lse, delta, k_tokens, v_tokens, config)
         dk_levels.append(_sum_query_heads(dk, config).reshape(k.shape).astype(k.dtype))

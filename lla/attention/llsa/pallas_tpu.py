@@ -13,6 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from lla.attention.llsa import causal as causal_hierarchy
 from lla.attention.llsa import hierarchy, pallas
 from lla.pallas_kernels.llsa import tpu
 
@@ -20,8 +21,8 @@ TUNABLE = pallas.tunable(tpu)
 
 
 def unsupported_reasons(q, k, v, *, block_size, topk, levels, enrich_levels, reweight,
-                        interpret, config: tpu.Config):
-    """Why the compiled TPU kernels cannot run these inputs (`pallas.reasons`)."""
+                        causal, interpret, config: tpu.Config):
+    """Why the TPU kernels cannot run these inputs (`pallas.reasons`)."""
     return pallas.reasons(tpu, "tpu", config, interpret)
 
 
@@ -31,9 +32,9 @@ def _rows(x: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("block_size", "topk", "levels", "enrich_levels",
-                                             "reweight", "interpret", "config"))
-def llsa_pallas_tpu(q, k, v, *, block_size, topk, levels, enrich_levels, reweight, interpret,
-                    config: tpu.Config):
+                                             "reweight", "causal", "interpret", "config"))
+def llsa_pallas_tpu(q, k, v, *, block_size, topk, levels, enrich_levels, reweight, causal,
+                    interpret, config: tpu.Config):
     """q [Bt, N, H, D], k/v [Bt, N, Hkv, D] -> [Bt, N, H, D] (see `lla.attention.llsa`);
     `config` (shape, ablations and tiling) already describes the static arguments."""
     del enrich_levels, reweight, interpret
@@ -41,7 +42,8 @@ def llsa_pallas_tpu(q, k, v, *, block_size, topk, levels, enrich_levels, reweigh
     q_pooled = hierarchy.pyramid(jax.lax.stop_gradient(q), block_size, levels)
     k_pooled = hierarchy.pyramid(k, block_size, levels)
     v_pooled = hierarchy.pyramid(v, block_size, levels)
-    picks = hierarchy.select(q_pooled, k_pooled, block_size, topk)
+    picks = (causal_hierarchy.select(q, k_pooled, block_size, topk) if causal
+             else hierarchy.select(q_pooled, k_pooled, block_size, topk))
     k_levels = (_rows(k), *(_rows(x.astype(k.dtype)) for x in k_pooled[1:]))
     v_levels = (_rows(v), *(_rows(x.astype(v.dtype)) for x in v_pooled[1:]))
     level_picks = tuple(picks[level].reshape(batch * heads, -1, topk)
@@ -62,9 +64,17 @@ def _attend_fwd(q, k_levels, v_levels, picks, config):
 
 
 def _scatter_partials(partial, picks, level, config: tpu.Config):
-    """Partials [R, N/B, K, B, D] of level `level` -> [R, N_l, D] summed into key tokens."""
+    """Partials [R, N/B, S, B, D] of level `level` -> [R, N_l, D] summed into key tokens.
+    Causal: the picks of each block (an empty slot's partial is zero) and its open parent."""
     size = config.block_size
-    parents = jnp.repeat(picks, size ** level, axis=1)  # [R, N/B, K]: picks of each block
+    if config.causal:
+        blocks = jnp.arange(picks.shape[1], dtype=jnp.int32)
+        open_parent = causal_hierarchy.complete_count(level + 1, blocks, size)
+        parents = jnp.concatenate(
+            [jnp.maximum(picks, 0), jnp.broadcast_to(open_parent[None, :, None],
+                                                     (*picks.shape[:2], 1))], axis=-1)
+    else:
+        parents = jnp.repeat(picks, size ** level, axis=1)  # [R, N/B, K]: picks of each block
     tokens = (parents[..., None] * size + jnp.arange(size)).reshape(partial.shape[0], -1)
     values = partial.reshape(partial.shape[0], -1, partial.shape[-1])
     zeros = jnp.zeros((config.level_tokens(level), partial.shape[-1]), jnp.float32)

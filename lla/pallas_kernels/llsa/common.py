@@ -20,6 +20,7 @@ class Hierarchy:
     coarse levels 1..Lₑ join the softmax (level 0 always does), and `reweight` False drops the
     log(B^l) bias. The defaults are today's kernels: their branches are Python `if`s on these
     fields, so a default config traces exactly the code it did before they existed.
+    `causal` selects the causal kernels (docs/llsa_causal.md) where a backend has them.
     """
 
     block_size: int
@@ -31,6 +32,7 @@ class Hierarchy:
     head_dim: int
     enrich_levels: int | None = dataclasses.field(default=None, kw_only=True)
     reweight: bool = dataclasses.field(default=True, kw_only=True)
+    causal: bool = dataclasses.field(default=False, kw_only=True)
 
     @property
     def scale(self) -> float:

@@ -74,7 +74,8 @@ TUNABLE_FIELDS = ("pick_chunk", "query_blocks", "fine_chunk", "coarse_tile", "dk
 
 
 def make_config(block_size, topk, levels, heads, kv_heads, tokens, head_dim, *,
-                enrich_levels=None, reweight=True, interpret=False, **overrides) -> Config:
+                enrich_levels=None, reweight=True, causal=False, interpret=False,
+                **overrides) -> Config:
     """Default tiling (tuned on an H200 at [1, 65536, 6, 64]; tune_llsa_*.json in
     experiments/results/nvidia_h200/, from the per-op script experiments/tune.py replaced):
     query tiles of 4 blocks, each fine tile holding one pick of each block; up to 4 picks
@@ -92,7 +93,8 @@ def make_config(block_size, topk, levels, heads, kv_heads, tokens, head_dim, *,
                     pick_chunk=largest_divisor_at_most(topk, 4),
                     query_blocks=largest_divisor_at_most(block_size, 4), fine_chunk=1,
                     coarse_tile=coarse_tile, dkv_rows=rows, coarse_splits=splits,
-                    enrich_levels=enrich_levels, reweight=reweight, interpret=interpret)
+                    enrich_levels=enrich_levels, reweight=reweight, causal=causal,
+                    interpret=interpret)
     config = dataclasses.replace(config, **overrides)
     check_tiling(config)
     return config
@@ -192,7 +194,7 @@ def _sweep_keys(visit, carry, tile, picks_refs, k_refs, v_refs, config: Config):
     return lax.fori_loop(0, config.level_tokens(config.levels) // width, coarse_step, carry)
 
 
-def _log2_logits(q, keys, log2_weight, config: Config, mask=None):
+def log2_logits(q, keys, log2_weight, config: Config, mask=None):
     """[T, D] x [M, D] -> f32 [T, M] logits in log2 units, weight included, -inf off mask."""
     logits = plt.dot(q, keys, trans_b=True) * (config.scale * LOG2E) + log2_weight
     return logits if mask is None else jnp.where(mask, logits, -jnp.inf)
@@ -208,22 +210,22 @@ def _split_refs(refs, config: Config):
 
 # ---- forward --------------------------------------------------------------------------------
 
-def _forward_kernel(q_ref, *refs, config: Config):
+def _forward_kernel(q_ref, *refs, config: Config, sweep):
     k_refs, v_refs, picks_refs, (out_ref, lse_ref) = _split_refs(refs, config)
     q = q_ref[...]
 
     def visit(carry, keys, values, log2_weight, mask):
-        logits = _log2_logits(q, keys, log2_weight, config, mask)
+        logits = log2_logits(q, keys, log2_weight, config, mask)
         return online_softmax.update(carry, logits, values, plt.dot)
 
-    carry = _sweep_keys(visit, online_softmax.init(config.tile_rows, config.head_dim),
+    carry = sweep(visit, online_softmax.init(config.tile_rows, config.head_dim),
                         pl.program_id(0), picks_refs, k_refs, v_refs, config)
     out, lse = online_softmax.finish(carry)
     out_ref[...] = out.astype(out_ref.dtype)
     lse_ref[...] = lse
 
 
-def _level_specs(config: Config):
+def _level_specs(config: Config, picks):
     """BlockSpecs (grid (i, row)) of k/v (whole kv head) and picks (whole row), per level."""
     size, dim = config.block_size, config.head_dim
     kv_specs = []
@@ -235,20 +237,21 @@ def _level_specs(config: Config):
     kv_specs.append(pl.BlockSpec(
         (None, config.level_tokens(config.levels), None, dim),
         lambda i, row: (config.batch(row), 0, config.kv_head(row), 0)))
-    picks_specs = [pl.BlockSpec((None, config.level_tokens(level), config.topk),
-                                lambda i, row: (row, 0, 0))
-                   for level in range(1, config.levels + 1)]
+    picks_specs = [pl.BlockSpec((None, *level_picks.shape[1:]), lambda i, row: (row, 0, 0))
+                   for level_picks in picks]
     return kv_specs, picks_specs
 
 
-def forward(q, k_levels, v_levels, picks, config: Config):
-    """Output [Bt, N, H, D] in q's dtype and lse f32 [Bt·H, N] (natural log)."""
+def forward(q, k_levels, v_levels, picks, config: Config, sweep=None):
+    """Output [Bt, N, H, D] in q's dtype and lse f32 [Bt·H, N] (natural log); `sweep` (the
+    key sources of a query tile, `_sweep_keys` by default) is the causal one of `causal_gpu`
+    with its picks."""
     batch, tokens, heads, _ = q.shape
     rows = config.tile_rows
-    kv_specs, picks_specs = _level_specs(config)
+    kv_specs, picks_specs = _level_specs(config, picks)
     query_spec = config.query_spec(rows)
     return pl.pallas_call(
-        functools.partial(_forward_kernel, config=config),
+        functools.partial(_forward_kernel, config=config, sweep=sweep or _sweep_keys),
         grid=(tokens // rows, batch * heads),
         in_specs=[query_spec, *kv_specs, *kv_specs, *picks_specs],
         out_specs=[query_spec, pl.BlockSpec((None, rows), lambda i, row: (row, i))],
@@ -262,32 +265,33 @@ def forward(q, k_levels, v_levels, picks, config: Config):
 
 # ---- backward: dQ ---------------------------------------------------------------------------
 
-def _dq_kernel(q_ref, d_out_ref, lse_ref, delta_ref, *refs, config: Config):
+def _dq_kernel(q_ref, d_out_ref, lse_ref, delta_ref, *refs, config: Config, sweep):
     k_refs, v_refs, picks_refs, (dq_ref,) = _split_refs(refs, config)
     q, d_out = q_ref[...], d_out_ref[...]
     log2_lse = lse_ref[...] * LOG2E
     delta = delta_ref[...]
 
     def visit(dq, keys, values, log2_weight, mask):
-        logits = _log2_logits(q, keys, log2_weight, config, mask)
+        logits = log2_logits(q, keys, log2_weight, config, mask)
         probs = jnp.exp2(logits - log2_lse[:, None])
         d_logits = probs * (plt.dot(d_out, values, trans_b=True) - delta[:, None])
         return dq + plt.dot(d_logits.astype(keys.dtype), keys)
 
-    dq = _sweep_keys(visit, jnp.zeros(q.shape, jnp.float32), pl.program_id(0), picks_refs,
-                     k_refs, v_refs, config)
+    dq = sweep(visit, jnp.zeros(q.shape, jnp.float32), pl.program_id(0), picks_refs, k_refs,
+               v_refs, config)
     dq_ref[...] = (dq * config.scale).astype(dq_ref.dtype)
 
 
-def backward_dq(q, d_out, lse, delta, k_levels, v_levels, picks, config: Config):
-    """dQ [Bt, N, H, D] in q's dtype; delta = rowsum(out * d_out) f32 [Bt·H, N]."""
+def backward_dq(q, d_out, lse, delta, k_levels, v_levels, picks, config: Config, sweep=None):
+    """dQ [Bt, N, H, D] in q's dtype; delta = rowsum(out * d_out) f32 [Bt·H, N]; `sweep` as
+    in `forward`."""
     batch, tokens, heads, _ = q.shape
     rows = config.tile_rows
-    kv_specs, picks_specs = _level_specs(config)
+    kv_specs, picks_specs = _level_specs(config, picks)
     query_spec = config.query_spec(rows)
     row_spec = pl.BlockSpec((None, rows), lambda i, row: (row, i))
     return pl.pallas_call(
-        functools.partial(_dq_kernel, config=config),
+        functools.partial(_dq_kernel, config=config, sweep=sweep or _sweep_keys),
         grid=(tokens // rows, batch * heads),
         in_specs=[query_spec, query_spec, row_spec, row_spec, *kv_specs, *kv_specs,
                   *picks_specs],
@@ -301,15 +305,17 @@ def backward_dq(q, d_out, lse, delta, k_levels, v_levels, picks, config: Config)
 
 # ---- backward: dK/dV ------------------------------------------------------------------------
 
-def _accumulate_dkv(carry, start, rows, refs, keys, values, log2_weight, config: Config):
-    """Adds the dK/dV contribution of queries [start, start + rows) to one key tile."""
+def accumulate_dkv(carry, start, rows, refs, keys, values, log2_weight, config: Config,
+                   mask=None):
+    """Adds the dK/dV contribution of queries [start, start + rows) to one key tile (`mask`
+    [rows, M]: the query-key pairs that attend, None for all)."""
     q_ref, d_out_ref, lse_ref, delta_ref = refs
     dk, dv = carry
     q = q_ref[pl.ds(start, rows), :]
     d_out = d_out_ref[pl.ds(start, rows), :]
     log2_lse = lse_ref[pl.ds(start, rows)] * LOG2E
     delta = delta_ref[pl.ds(start, rows)]
-    probs = jnp.exp2(_log2_logits(q, keys, log2_weight, config) - log2_lse[:, None])
+    probs = jnp.exp2(log2_logits(q, keys, log2_weight, config, mask) - log2_lse[:, None])
     dv = dv + plt.dot(probs.astype(d_out.dtype), d_out, trans_a=True)
     d_logits = probs * (plt.dot(d_out, values, trans_b=True) - delta[:, None])
     dk = dk + plt.dot(d_logits.astype(q.dtype), q, trans_a=True)
@@ -328,7 +334,7 @@ def _sparse_dkv_kernel(q_ref, d_out_ref, lse_ref, delta_ref, k_ref, v_ref, offse
         first = groups_ref[i] * group_rows
 
         def per_chunk(c, carry):
-            return _accumulate_dkv(carry, first + c * rows, rows, query_refs, keys, values,
+            return accumulate_dkv(carry, first + c * rows, rows, query_refs, keys, values,
                                    config.log2_weight(level), config)
 
         return lax.fori_loop(0, group_rows // rows, per_chunk, carry)
@@ -340,7 +346,7 @@ def _sparse_dkv_kernel(q_ref, d_out_ref, lse_ref, delta_ref, k_ref, v_ref, offse
     dv_ref[...] = dv
 
 
-def _whole_query_specs(config: Config):
+def whole_query_specs(config: Config):
     """Specs of q and d_out (one whole head) and lse and delta (one whole row) for grids
     (j, row, ...)."""
 
@@ -355,10 +361,12 @@ def _whole_query_specs(config: Config):
     return [query_spec, query_spec, row_spec, row_spec]
 
 
-def backward_sparse_dkv(q, d_out, lse, delta, k, v, offsets, groups, level, config: Config):
+def backward_sparse_dkv(q, d_out, lse, delta, k, v, offsets, groups, level, config: Config,
+                        kernel=None):
     """dK, dV (f32, per query head, [Bt, N_l, H, D]) of sparse level `level` < L.
 
-    k, v: [Bt, N_l, Hkv, D] level-l keys; offsets/groups: `transpose_picks(picks[level + 1])`.
+    k, v: [Bt, N_l, Hkv, D] level-l keys; offsets/groups: `transpose_picks(picks[level + 1])`;
+    `kernel`: the per-key-block body (`_sparse_dkv_kernel` by default; `causal_gpu`'s).
     """
     batch, _, heads, dim = q.shape
     size = config.block_size
@@ -368,9 +376,9 @@ def backward_sparse_dkv(q, d_out, lse, delta, k, v, offsets, groups, level, conf
     out_spec = pl.BlockSpec((None, size, None, dim),
                             lambda j, row: (config.batch(row), j, config.head(row), 0))
     return pl.pallas_call(
-        functools.partial(_sparse_dkv_kernel, level=level, config=config),
+        functools.partial(kernel or _sparse_dkv_kernel, level=level, config=config),
         grid=(level_tokens // size, batch * heads),
-        in_specs=[*_whole_query_specs(config), key_spec, key_spec,
+        in_specs=[*whole_query_specs(config), key_spec, key_spec,
                   pl.BlockSpec((None, offsets.shape[1]), lambda j, row: (row, 0)),
                   pl.BlockSpec((None, groups.shape[1]), lambda j, row: (row, 0))],
         out_specs=[out_spec, out_spec],
@@ -388,13 +396,24 @@ def _coarse_dkv_kernel(q_ref, d_out_ref, lse_ref, delta_ref, k_ref, v_ref, dk_re
     split_rows = config.tokens // config.coarse_splits
     first = pl.program_id(2) * split_rows
     query_refs = (q_ref, d_out_ref, lse_ref, delta_ref)
+    begin, mask = 0, lambda start: None
+    if config.causal:  # key j is read by the rows from (j + 1)·B^L on
+        span = config.block_size ** config.levels
+        first_key = pl.program_id(0) * config.coarse_tile
+        keys_after = (first_key + 1 + lax.broadcasted_iota(
+            jnp.int32, (1, config.coarse_tile), 1)) * span
+        begin = jnp.clip(((first_key + 1) * span - first) // rows, 0, split_rows // rows)
+
+        def mask(start):
+            return start + lax.broadcasted_iota(jnp.int32, (rows, 1), 0) >= keys_after
 
     def per_chunk(c, carry):
-        return _accumulate_dkv(carry, first + c * rows, rows, query_refs, keys, values,
-                               config.log2_weight(config.levels), config)
+        start = first + c * rows
+        return accumulate_dkv(carry, start, rows, query_refs, keys, values,
+                              config.log2_weight(config.levels), config, mask(start))
 
     zeros = jnp.zeros(keys.shape, jnp.float32)
-    dk, dv = lax.fori_loop(0, split_rows // rows, per_chunk, (zeros, zeros))
+    dk, dv = lax.fori_loop(begin, split_rows // rows, per_chunk, (zeros, zeros))
     dk_ref[...] = dk * config.scale
     dv_ref[...] = dv
 
@@ -411,7 +430,7 @@ def backward_coarse_dkv(q, d_out, lse, delta, k, v, config: Config):
     dk, dv = pl.pallas_call(
         functools.partial(_coarse_dkv_kernel, config=config),
         grid=(level_tokens // tile, batch * heads, splits),
-        in_specs=[*_whole_query_specs(config), key_spec, key_spec],
+        in_specs=[*whole_query_specs(config), key_spec, key_spec],
         out_specs=[out_spec, out_spec],
         out_shape=[jax.ShapeDtypeStruct((splits, batch, level_tokens, heads, dim),
                                         jnp.float32)] * 2,

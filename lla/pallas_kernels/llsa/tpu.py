@@ -16,6 +16,14 @@ writing the dK/dV partial of every (query block, picked block) pair of the spars
 ([R, N / B, K, B, D], summed into keys by the caller: deterministic, no atomics); a second
 kernel owns a coarsest-level key tile and loops over all query chunks. Verified in TPU
 interpret mode on CPU; not tuned on TPU hardware (query tiles of one block, B rows).
+
+Causal (`config.causal`, docs/llsa_causal.md): picks[l] are per query block, int32
+[R, N / B, K] with -1 in empty slots; every level l < L has K + 1 steps, the K picks of the
+block and then its open parent c_{l+1}(i) = i // B^l (level 0: the block itself), each step's
+keys masked to the usable ones (`_causal_mask`: level 0 at or before the query, level l >= 1
+complete for the block, empty slots nowhere); the coarsest tiles are masked to the complete
+tokens, and its dK/dV to each key's readers. The online softmax then guards rows that have
+seen no key yet.
 """
 
 from __future__ import annotations
@@ -44,11 +52,12 @@ class Config(Hierarchy):
         """(level, first step, number of steps) for each attended level, in sweep order: a
         prefix of levels 0..L, so a sparse source's index is its level."""
         out, start = [], 0
+        per_level = self.topk + 1 if self.causal else self.topk  # causal: + the open parent
         for level in range(self.levels):
             if not self.attends(level):
                 return out
-            out.append((level, start, self.topk))
-            start += self.topk
+            out.append((level, start, per_level))
+            start += per_level
         if self.attends(self.levels):
             out.append((self.levels, start,
                         self.level_tokens(self.levels) // self.coarse_tile))
@@ -73,7 +82,7 @@ TUNABLE_FIELDS = ("coarse_tile", "query_chunk")
 
 
 def make_config(block_size, topk, levels, heads, kv_heads, tokens, head_dim, *,
-                enrich_levels=None, reweight=True, interpret=False) -> Config:
+                enrich_levels=None, reweight=True, causal=False, interpret=False) -> Config:
     """Default (untuned) tiling: up to 128 coarsest keys per step, up to 256 query rows per
     step of the coarsest dK/dV kernel. `enrich_levels` and `reweight` are the op's ablation
     switches (`Hierarchy`)."""
@@ -82,7 +91,8 @@ def make_config(block_size, topk, levels, heads, kv_heads, tokens, head_dim, *,
                   kv_heads=kv_heads, tokens=tokens, head_dim=head_dim,
                   coarse_tile=largest_divisor_at_most(coarsest, 128),
                   query_chunk=largest_divisor_at_most(tokens, 256),
-                  enrich_levels=enrich_levels, reweight=reweight, interpret=interpret)
+                  enrich_levels=enrich_levels, reweight=reweight, causal=causal,
+                  interpret=interpret)
 
 
 def unsupported_reasons(config: Config) -> list[str]:
@@ -111,7 +121,10 @@ def _source_specs(config: Config):
         if level < config.levels:
             def index(r, i, s, *picks, level=level, start=start, count=count):
                 t = jnp.clip(s - start, 0, count - 1)
-                block = picks[level][r, i // config.block_size ** level, t]
+                if config.causal:
+                    block = _causal_block(picks[level], r, i, t, level, config)[0]
+                else:
+                    block = picks[level][r, i // config.block_size ** level, t]
                 return config.kv_row(r), block, 0
             specs.append(pl.BlockSpec((None, size, dim), index))
         else:
@@ -135,6 +148,39 @@ def _logits(q, keys, level, config: Config):
     return logits * (config.scale * LOG2E) + config.log2_weight(level)
 
 
+def _causal_block(picks_ref, r, i, t, level: int, config: Config):
+    """(block index, exists) of step t of causal query block i at sparse level `level`: pick t
+    for t < K (an empty slot loads block 0), the open parent i // B^level for t = K."""
+    pick = picks_ref[r, i, jnp.minimum(t, config.topk - 1)]
+    is_open = t == config.topk
+    return (jnp.where(is_open, i // config.block_size ** level, jnp.maximum(pick, 0)),
+            is_open | (pick >= 0))
+
+
+def _causal_mask(picks_refs, level: int, start: int, config: Config):
+    """[B, M] bool: the query-key pairs of the current grid step (row r, query block i, step
+    s) that causal LLSA attends (module docstring)."""
+    size = config.block_size
+    r, i, step = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    rows = i * size + jax.lax.broadcasted_iota(jnp.int32, (size, 1), 0)  # positions
+    if level == config.levels:
+        cols = (step - start) * config.coarse_tile + jax.lax.broadcasted_iota(
+            jnp.int32, (1, config.coarse_tile), 1)
+        return jnp.broadcast_to(cols < i * size // size ** level, (size, config.coarse_tile))
+    block, exists = _causal_block(picks_refs[level], r, i, step - start, level, config)
+    cols = block * size + jax.lax.broadcasted_iota(jnp.int32, (1, size), 1)
+    usable = cols <= rows if level == 0 else cols < i // size ** (level - 1)
+    return usable & exists
+
+
+def _masked_logits(q, keys, level, start, picks_refs, config: Config):
+    """`_logits`, at -inf off the causal mask when `config.causal`."""
+    logits = _logits(q, keys, level, config)
+    if not config.causal:
+        return logits
+    return jnp.where(_causal_mask(picks_refs, level, start, config), logits, -jnp.inf)
+
+
 def _for_each_source(config: Config, step, body):
     """Runs body(index, level) for the source that grid step `step` belongs to."""
     for index, (level, start, count) in enumerate(config.sources()):
@@ -147,6 +193,7 @@ def _forward_kernel(*refs, config: Config):
     k_refs = refs[config.levels + 1:config.levels + 1 + sources]
     v_refs = refs[config.levels + 1 + sources:config.levels + 1 + 2 * sources]
     out_ref, lse_ref, max_ref, sum_ref, acc_ref = refs[config.levels + 1 + 2 * sources:]
+    picks_refs = refs[:config.levels]
     step = pl.program_id(2)
 
     @pl.when(step == 0)
@@ -157,11 +204,15 @@ def _forward_kernel(*refs, config: Config):
 
     def update(index, level):
         values = v_refs[index][...]
-        logits = _logits(q_ref[...], k_refs[index][...], level, config)
+        logits = _masked_logits(q_ref[...], k_refs[index][...], level,
+                                config.sources()[index][1], picks_refs, config)
         row_max = max_ref[...]
         new_max = jnp.maximum(row_max, logits.max(axis=1, keepdims=True))
-        correction = jnp.exp2(row_max - new_max)
-        probs = jnp.exp2(logits - new_max)
+        shift = new_max
+        if config.causal:  # a row with no key so far keeps m = -inf: shift by 0, not -inf
+            shift = jnp.where(new_max == -jnp.inf, 0.0, new_max)
+        correction = jnp.exp2(row_max - shift)
+        probs = jnp.exp2(logits - shift)
         sum_ref[...] = sum_ref[...] * correction + probs.sum(axis=1, keepdims=True)
         acc_ref[...] = acc_ref[...] * correction + jax.lax.dot(
             probs.astype(values.dtype), values, preferred_element_type=jnp.float32)
@@ -214,6 +265,7 @@ def _backward_queries_kernel(*refs, config: Config):
     v_refs = refs[first + sources:first + 2 * sources]
     dq_ref, *partial_refs = refs[first + 2 * sources:-1]
     dq_acc_ref = refs[-1]
+    picks_refs = refs[:config.levels]
     step = pl.program_id(2)
 
     @pl.when(step == 0)
@@ -222,7 +274,8 @@ def _backward_queries_kernel(*refs, config: Config):
 
     def update(index, level):
         q, d_out, keys, values = q_ref[...], d_out_ref[...], k_refs[index][...], v_refs[index][...]
-        probs = jnp.exp2(_logits(q, keys, level, config) - lse_ref[...] * LOG2E)
+        logits = _masked_logits(q, keys, level, config.sources()[index][1], picks_refs, config)
+        probs = jnp.exp2(logits - lse_ref[...] * LOG2E)
         d_probs = jax.lax.dot_general(d_out, values, (((1,), (1,)), ((), ())),
                                       preferred_element_type=jnp.float32)
         d_logits = probs * (d_probs - delta_ref[...])
@@ -245,11 +298,12 @@ def _backward_queries_kernel(*refs, config: Config):
 
 def backward_queries(q, d_out, lse, delta, k_levels, v_levels, picks, config: Config):
     """dq [R, N, D] and, per attended sparse level l < L (`Config.sparse_sources`), the
-    (dK, dV) partials float32 [R, N / B, K, B, D] of each (query block, picked level-l
-    block) pair."""
+    (dK, dV) partials float32 [R, N / B, S, B, D] of each (query block, level-l block of
+    step s) pair: S = K picks (causal: K + 1, the open parent last)."""
     k_levels, v_levels = _attended(k_levels, config), _attended(v_levels, config)
     rows, tokens, dim = q.shape
-    size, topk = config.block_size, config.topk
+    size = config.block_size
+    per_level = config.topk + 1 if config.causal else config.topk
     query_spec, row_spec = _query_specs(config)
     source_specs = _source_specs(config)
     partial_specs = []
@@ -258,7 +312,8 @@ def backward_queries(q, d_out, lse, delta, k_levels, v_levels, picks, config: Co
             return r, i, jnp.clip(s - start, 0, count - 1), 0, 0
         spec = pl.BlockSpec((None, None, None, size, dim), index)
         partial_specs += [spec, spec]
-    partial_shape = jax.ShapeDtypeStruct((rows, tokens // size, topk, size, dim), jnp.float32)
+    partial_shape = jax.ShapeDtypeStruct((rows, tokens // size, per_level, size, dim),
+                                         jnp.float32)
     dq, *partials = pl.pallas_call(
         functools.partial(_backward_queries_kernel, config=config),
         grid_spec=pltpu.PrefetchScalarGridSpec(
@@ -289,7 +344,15 @@ def _coarse_dkv_kernel(q_ref, d_out_ref, lse_ref, delta_ref, k_ref, v_ref, dk_re
         dv_acc_ref[...] = jnp.zeros(dv_acc_ref.shape, jnp.float32)
 
     q, d_out, keys, values = q_ref[...], d_out_ref[...], k_ref[...], v_ref[...]
-    probs = jnp.exp2(_logits(q, keys, config.levels, config) - lse_ref[...] * LOG2E)
+    logits = _logits(q, keys, config.levels, config)
+    if config.causal:  # key j is read by the rows from (j + 1)·B^L on
+        rows = chunk * config.query_chunk + jax.lax.broadcasted_iota(
+            jnp.int32, (config.query_chunk, 1), 0)
+        cols = pl.program_id(1) * config.coarse_tile + jax.lax.broadcasted_iota(
+            jnp.int32, (1, config.coarse_tile), 1)
+        logits = jnp.where(rows >= (cols + 1) * config.block_size ** config.levels, logits,
+                           -jnp.inf)
+    probs = jnp.exp2(logits - lse_ref[...] * LOG2E)
     d_probs = jax.lax.dot_general(d_out, values, (((1,), (1,)), ((), ())),
                                   preferred_element_type=jnp.float32)
     d_logits = probs * (d_probs - delta_ref[...])

@@ -1,0 +1,132 @@
+"""Causal LLSA (docs/llsa_causal.md): the Pallas GPU and TPU kernels (interpret mode) against
+the "xla" reference across levels, tilings and ablations, strict causality of the library's
+implementations, and decoding (prefill + steps) against the causal forward. The reference is
+held to the independent brute-force oracle in `test_causal_oracle.py`; the shared op suite
+(`test_llsa.py`) also runs `causal=True` through both kernel tilings."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lla.attention as attention
+from lla.attention.llsa import decoding, hierarchy
+from tests.attention.llsa.inputs import with_level_structure
+from tests.attention.llsa.test_llsa import assert_interpret_matches_reference
+from tests.attention.op_test_base import random_qkv
+
+SMALL_TILES = dict(query_blocks=2, fine_chunk=1, pick_chunk=1, coarse_tile=2, dkv_rows=8,
+                   coarse_splits=2)
+
+
+@pytest.mark.parametrize(
+    ("shape", "static", "tuning"),
+    [
+        # L = 1: the coarsest level is the blocks; several coarsest tiles and splits.
+        ((1, 64, 64, 2, 1, 8), dict(block_size=4, topk=3, levels=1), SMALL_TILES),
+        # L = 3 with every loop run several times, GQA 4:2.
+        ((1, 128, 128, 4, 2, 8), dict(block_size=4, topk=2, levels=3), SMALL_TILES),
+        # The ablations on the default tiling: plain causal top-K, one coarse level, no weights.
+        ((1, 128, 128, 2, 2, 8), dict(block_size=4, topk=2, levels=2, enrich_levels=0), None),
+        ((1, 128, 128, 2, 2, 8), dict(block_size=4, topk=2, levels=2, enrich_levels=1), None),
+        ((2, 96, 96, 2, 1, 8), dict(block_size=4, topk=2, levels=2, reweight=False), None),
+        # B not a power of two; picks of three per tile.
+        ((1, 72, 72, 1, 1, 8), dict(block_size=6, topk=3, levels=1), dict(fine_chunk=3)),
+    ],
+)
+def test_pallas_interpret_matches_reference(shape, static, tuning):
+    assert_interpret_matches_reference("pallas_gpu", shape, {**static, "causal": True},
+                                       tuning)
+
+
+@pytest.mark.parametrize("implementation", ["xla", "pallas_gpu"])
+def test_strictly_causal(implementation):
+    """Changing every token after position t (q, k and v) changes neither the outputs at
+    positions <= t nor the gradients there of a loss that reads only those outputs."""
+    q, k, v = random_qkv((1, 64, 64, 2, 1, 8))
+    static = dict(block_size=4, topk=2, levels=2, causal=True, implementation=implementation,
+                  interpret=implementation != "xla")
+    t = 37  # inside a block and inside a level-2 token: every level has an open parent
+    weights = jax.random.normal(jax.random.key(1), (1, t + 1, 2, 8))
+
+    def loss(q, k, v):
+        return jnp.sum(attention.llsa(q, k, v, **static)[:, :t + 1] * weights)
+
+    def later_changed(x, seed):
+        noise = jax.random.normal(jax.random.key(seed), x.shape)
+        return x.at[:, t + 1:].add(3.0 * noise[:, t + 1:])
+
+    grads = jax.grad(loss, (0, 1, 2))(q, k, v)
+    changed = (later_changed(q, 2), later_changed(k, 3), later_changed(v, 4))
+    changed_grads = jax.grad(loss, (0, 1, 2))(*changed)
+    out = attention.llsa(q, k, v, **static)
+    changed_out = attention.llsa(*changed, **static)
+    np.testing.assert_array_equal(out[:, :t + 1], changed_out[:, :t + 1])
+    assert not np.allclose(out[:, t + 1:], changed_out[:, t + 1:])
+    for grad, changed_grad in zip(grads, changed_grads, strict=True):
+        np.testing.assert_allclose(grad[:, :t + 1], changed_grad[:, :t + 1], atol=1e-6)
+
+
+def test_pallas_tpu_interpret_matches_reference():
+    """The TPU kernels in TPU interpret mode (NaN-poisoned buffers): picks and open parents
+    at levels 0 and 1, two coarsest tiles, four query chunks in the coarsest dK/dV, GQA."""
+    assert_interpret_matches_reference("pallas_tpu", (1, 64, 64, 2, 1, 8),
+                                       dict(block_size=4, topk=2, levels=2, causal=True),
+                                       dict(coarse_tile=2, query_chunk=16))
+
+
+# ---- decoding ------------------------------------------------------------------------------
+
+def decode_all(q, k, v, prompt, static):
+    """Prefill `prompt` tokens, then step through the rest: the outputs of every position."""
+    batch, capacity, heads, head_dim = q.shape
+    cache = decoding.init_cache(batch, capacity, heads, k.shape[2], head_dim, k.dtype, **static)
+    out, cache = decoding.prefill(q[:, :prompt], k[:, :prompt], v[:, :prompt], cache, **static)
+    rows = [out]
+    for t in range(prompt, capacity):
+        row, cache = decoding.step(q[:, t:t + 1], k[:, t:t + 1], v[:, t:t + 1], cache,
+                                   **static)
+        rows.append(row)
+    return jnp.concatenate(rows, axis=1), cache
+
+
+@pytest.mark.parametrize(
+    ("prompt", "static", "heads"),
+    [
+        (1, dict(block_size=4, topk=2, levels=2), (4, 2)),
+        (6, dict(block_size=4, topk=2, levels=2, enrich_levels=1, reweight=False), (2, 2)),
+        (16, dict(block_size=4, topk=3, levels=1), (2, 1)),
+        (21, dict(block_size=2, topk=2, levels=3), (2, 2)),
+    ],
+)
+def test_decoding_equals_the_causal_forward(prompt, static, heads):
+    """Prefill (prompts inside and at the end of a block) and every later step give the rows
+    of one causal forward (float32, < 1e-5): the pooled levels written token by token, the
+    per-block selection queries and the open parents all match the definition."""
+    q, k, v = random_qkv((2, 32, 32, *heads, 8))
+    q, k, v = with_level_structure((q, k, v), static["block_size"], static["levels"])
+    expected = attention.llsa(q, k, v, causal=True, implementation="xla", **static)
+    got, cache = decode_all(q, k, v, prompt, static)
+    error = jnp.abs(got - expected).max(axis=(0, 2, 3)) / jnp.abs(expected).max()
+    assert float(error.max()) < 1e-5, f"worst position {int(jnp.argmax(error))}"
+    assert int(cache.length) == q.shape[1]
+    pyramid = hierarchy.pyramid(k, static["block_size"], static["levels"])
+    for level, (cached, want) in enumerate(zip(cache.pooled_keys, pyramid[1:], strict=True),
+                                           start=1):
+        np.testing.assert_allclose(cached, want, rtol=1e-6, atol=1e-6,
+                                   err_msg=f"pooled level {level}")
+
+
+def test_decoding_past_the_end_and_bad_sizes():
+    q, k, v = random_qkv((1, 16, 16, 2, 2, 8))
+    static = dict(block_size=4, topk=2, levels=1)
+    _, cache = decode_all(q, k, v, 16, static)
+    row, _ = decoding.step(q[:, :1], k[:, :1], v[:, :1], cache, **static)
+    assert bool(jnp.isnan(row).all())
+    with pytest.raises(ValueError, match=r"capacity 18 is not a multiple of .* use 20"):
+        decoding.init_cache(1, 18, 2, 2, 8, jnp.float32, **static)
+    cache = decoding.init_cache(1, 16, 2, 2, 8, jnp.float32, **static)
+    with pytest.raises(ValueError, match="does not fit a cache of 16"):
+        decoding.prefill(*random_qkv((1, 20, 20, 2, 2, 8)), cache, **static)
