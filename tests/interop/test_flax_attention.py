@@ -14,6 +14,7 @@ import lla.attention as attention
 from lla.interop import causal_ops, flax_attention_fn, nnx_attention
 from lla.layers import Attention
 from tests.attention.op_test_base import random_qkv, relative_error
+from tests.attention.toy import TOY_HIERARCHY
 
 
 @pytest.fixture(autouse=True)
@@ -63,7 +64,6 @@ def test_what_cannot_be_honoured_raises_naming_it():
         (dict(module=object()), "cannot be sown"),
         (dict(qk_attn_weights_einsum=jnp.einsum), "custom einsums"),
         (dict(input_positions=jnp.arange(16)), r"unsupported arguments \['input_positions'\]"),
-        (dict(is_causal=True), "'llsa' has no causal form; causal ops: dense"),
         (dict(precision=(1, 2)), "precision must be None"),
         (dict(promote_dtype=lambda *x: x), r"unsupported arguments \['promote_dtype'\]"),
     ]
@@ -71,8 +71,11 @@ def test_what_cannot_be_honoured_raises_naming_it():
         with pytest.raises(ValueError, match=message):
             fn(q, k, v, **arguments)
     assert fn(q, k, v, dropout_rate=0.1, deterministic=True).shape == q.shape  # eval: fine
-    with pytest.raises(ValueError, match="op 'llsa' has no causal form; causal ops: dense"):
-        flax_attention_fn("llsa", causal=True)
+    not_causal = r"op 'toy_hierarchy' has no causal form; causal ops: .*dense.*llsa"
+    with pytest.raises(ValueError, match=not_causal):
+        flax_attention_fn(TOY_HIERARCHY)(q, k, v, is_causal=True)
+    with pytest.raises(ValueError, match=not_causal):
+        flax_attention_fn(TOY_HIERARCHY, causal=True)
     module = nn.MultiHeadDotProductAttention(num_heads=4, dropout_rate=0.1,
                                              attention_fn=flax_attention_fn())
     params = module.init(jax.random.key(0), x, deterministic=True)
