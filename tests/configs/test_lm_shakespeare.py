@@ -9,9 +9,11 @@ import pytest
 from configs import lm_shakespeare
 from lla.training import loop
 from lla.training.experiment import Experiment
+from tests.attention.toy import TOY_HIERARCHY
 
 
-@pytest.mark.parametrize("arg", ["", "dd=true", "attention=neighborhood", "model=S,context=512",
+@pytest.mark.parametrize("arg", ["", "dd=true", "attention=neighborhood", "attention=llsa",
+                                 "model=S,context=512",
                                  "vocab=50304,model=gpt2_small,context=2048"])
 def test_variants_build(arg):
     config = lm_shakespeare.get_config(arg)
@@ -36,7 +38,7 @@ def test_gpt2_small_has_124m_parameters():
 
 @pytest.mark.parametrize(("arg", "match"), [
     ("dd=true,context=100", "power-of-two context"),
-    ("attention=llsa", "choose one of dense"),
+    (f"attention={TOY_HIERARCHY}", "choose one of dense"),  # an op without causal
     ("data=shakespeare,vocab=1000", "Shakespeare is read as bytes"),
 ])
 def test_bad_variants_say_what_would_work(arg, match):
