@@ -54,9 +54,13 @@ def _levels(capacity: int, block_size: int, levels: int | None) -> int:
 
 
 def init_cache(batch: int, capacity: int, heads: int, kv_heads: int, head_dim: int, dtype, *,
-               block_size: int = 16, levels: int | None = None, **_) -> Cache:
+               block_size: int = 16, topk: int = 8, levels: int | None = None,
+               enrich_levels: int | None = None, reweight: bool = True, implementation=None,
+               interpret: bool = False) -> Cache:
     """An empty cache for up to `capacity` tokens (a multiple of block_size**levels; levels
-    None: the op's default for N = capacity)."""
+    None: the op's default for N = capacity). The other arguments are the op's, accepted so
+    that every phase takes the same keyword arguments; the cache does not depend on them."""
+    del topk, enrich_levels, reweight, implementation, interpret
     levels = _levels(capacity, block_size, levels)
     span = block_size ** levels
     if capacity % span:
