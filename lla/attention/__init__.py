@@ -5,7 +5,7 @@
     attn.names(); attn.get("dense")            # registry: capabilities and implementations
     order = attn.token_order.for_op("llsa", (256, 256))   # how a model feeds grid tokens
 
-One folder per op (`dense/`, `llsa/`, `neighborhood/`): the public function and its
+One folder per op (`dense/`, `llsa/`, `neighborhood/`, `topk_block/`): the public function and its
 registration in `__init__.py`, the "xla" reference in `reference.py`, one file per other
 implementation named as it is (`cudnn.py`, `pallas_gpu.py`, `pallas_tpu.py`). Shared pieces
 are in `common/`. This file is the explicit list of public ops: a new op adds one import.
@@ -31,6 +31,7 @@ from lla.attention.registry import (
     register,
     tuning,
 )
+from lla.attention.topk_block import topk_block
 
 __all__ = [
     "AttentionOp",
@@ -47,5 +48,6 @@ __all__ = [
     "neighborhood",
     "register",
     "token_order",
+    "topk_block",
     "tuning",
 ]

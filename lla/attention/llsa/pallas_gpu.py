@@ -16,7 +16,9 @@ import jax
 import jax.numpy as jnp
 
 from lla.attention.llsa import causal, hierarchy, pallas
-from lla.pallas_kernels.llsa import causal_gpu, gpu, metadata, selection
+from lla.pallas_kernels.common import sum_query_heads
+from lla.pallas_kernels.llsa import causal_gpu, gpu, selection
+from lla.pallas_kernels.sparse_flash import metadata
 
 TUNABLE = pallas.tunable(gpu)
 
@@ -111,26 +113,14 @@ def _attend_bwd(config, residuals, d_out):
         v_tokens = v.reshape(k_tokens.shape)
         if level < config.levels:
             key_blocks = k_tokens.shape[1] // config.block_size
-            level_picks = picks[level]
-            if config.causal:  # empty slots (-1) become an extra key block, never read
-                key_blocks += 1
-                level_picks = jnp.where(level_picks < 0, key_blocks - 1, level_picks)
-            offsets, groups = metadata.transpose_picks(level_picks, key_blocks)
+            offsets, groups = metadata.transpose(picks[level], key_blocks)  # causal: -1 slots
             dk, dv = kernels.backward_sparse_dkv(q, d_out, lse, delta, k_tokens, v_tokens,
                                                  offsets, groups, level, config)
         else:
             dk, dv = gpu.backward_coarse_dkv(q, d_out, lse, delta, k_tokens, v_tokens, config)
-        dk_levels.append(_sum_query_heads(dk, config).reshape(k.shape).astype(k.dtype))
-        dv_levels.append(_sum_query_heads(dv, config).reshape(v.shape).astype(v.dtype))
+        dk_levels.append(sum_query_heads(dk, config.kv_heads).reshape(k.shape).astype(k.dtype))
+        dv_levels.append(sum_query_heads(dv, config.kv_heads).reshape(v.shape).astype(v.dtype))
     return dq, tuple(dk_levels), tuple(dv_levels), None
-
-
-def _sum_query_heads(grad: jax.Array, config: gpu.Config) -> jax.Array:
-    """[Bt, T, H, D] per query head -> [Bt, T, Hkv, D] summed over each GQA group."""
-    group = config.heads // config.kv_heads
-    if group == 1:
-        return grad
-    return grad.reshape(*grad.shape[:2], config.kv_heads, group, grad.shape[-1]).sum(3)
 
 
 attend.defvjp(_attend_fwd, _attend_bwd)

@@ -18,10 +18,10 @@ Backward: dQ runs the same sweep. dK/dV of level l < L per key block p (the B ch
 level-(l+1) token p): its open-parent readers, a contiguous run of query rows found from p
 (level 0: block p itself, on the diagonal; level l >= 1: rows (p·B + 1)·B^l ..
 (p + 1)·B^(l+1) - 1, key j read from row (j + 1)·B^l on), then the query blocks that picked
-it (key-major CSR of picks[l + 1], `metadata.transpose_picks`). Coarsest key j is read by the
-rows from (j + 1)·B^L on; its dK/dV per (key tile, query split) starts at the tile's first
-reader (`gpu.backward_coarse_dkv` with `config.causal`). No atomics, deterministic,
-gradients per query head.
+it (key-major CSR of picks[l + 1], `sparse_flash.metadata.transpose`). Coarsest key j is
+read by the rows from (j + 1)·B^L on; its dK/dV per (key tile, query split) starts at the
+tile's first reader (`gpu.backward_coarse_dkv` with `config.causal`). No atomics,
+deterministic, gradients per query head.
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
+from lla.pallas_kernels.common import largest_divisor_at_most
 from lla.pallas_kernels.llsa import gpu
-from lla.pallas_kernels.llsa.common import largest_divisor_at_most
 from lla.pallas_kernels.llsa.gpu import Config
+from lla.pallas_kernels.sparse_flash.gpu import accumulate_dkv
 
 
 def _iota(shape, axis):
@@ -127,7 +128,7 @@ def _sparse_dkv_kernel(q_ref, d_out_ref, lse_ref, delta_ref, k_ref, v_ref, offse
 
     if level == 0:  # the own block, on the diagonal
         start = parent * size
-        carry = gpu.accumulate_dkv((zeros, zeros), start, size, query_refs, keys, values,
+        carry = accumulate_dkv((zeros, zeros), start, size, query_refs, keys, values,
                                    log2_weight, config,
                                    start + _iota((size, 1), 0) >= key_tokens)
     else:  # the blocks whose open parent is `parent`, from each key's first reader on
@@ -138,13 +139,13 @@ def _sparse_dkv_kernel(q_ref, d_out_ref, lse_ref, delta_ref, k_ref, v_ref, offse
         def open_chunk(c, carry):
             start = first + c * rows
             mask = start + _iota((rows, 1), 0) >= (key_tokens + 1) * span
-            return gpu.accumulate_dkv(carry, start, rows, query_refs, keys, values,
+            return accumulate_dkv(carry, start, rows, query_refs, keys, values,
                                       log2_weight, config, mask)
 
         carry = lax.fori_loop(0, (size - 1) * span // rows, open_chunk, (zeros, zeros))
 
     def picked_by(i, carry):
-        return gpu.accumulate_dkv(carry, readers_ref[i] * size, size, query_refs, keys,
+        return accumulate_dkv(carry, readers_ref[i] * size, size, query_refs, keys,
                                   values, log2_weight, config)
 
     dk, dv = lax.fori_loop(offsets_ref[parent], offsets_ref[parent + 1], picked_by, carry)
@@ -154,7 +155,7 @@ def _sparse_dkv_kernel(q_ref, d_out_ref, lse_ref, delta_ref, k_ref, v_ref, offse
 
 def backward_sparse_dkv(q, d_out, lse, delta, k, v, offsets, readers, level, config: Config):
     """dK, dV (f32, per query head, [Bt, N_l, H, D]) of level `level` < L: `gpu`'s call with
-    the causal kernel; offsets/readers: the CSR of picks[level + 1] (`transpose_picks`, the
-    empty slots as an extra key block after the real ones)."""
+    the causal kernel; offsets/readers: the CSR of picks[level + 1]
+    (`sparse_flash.metadata.transpose`, which leaves the empty slots out)."""
     return gpu.backward_sparse_dkv(q, d_out, lse, delta, k, v, offsets, readers, level, config,
                                    kernel=_sparse_dkv_kernel)

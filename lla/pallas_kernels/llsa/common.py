@@ -5,14 +5,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
-
-def largest_divisor_at_most(n: int, cap: int) -> int:
-    """The largest divisor of n that is <= cap (at least 1)."""
-    return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
+from lla.pallas_kernels.common import HeadRows
 
 
 @dataclasses.dataclass(frozen=True)
-class Hierarchy:
+class Hierarchy(HeadRows):
     """Shape of an LLSA call: B = block_size, K = topk, L = levels, H and Hkv heads, N tokens,
     D head_dim. Kernel grids run over rows r = batch·H + head.
 
@@ -49,19 +46,3 @@ class Hierarchy:
     def log2_weight(self, level: int) -> float:
         """log2 of the level's softmax weight: B^l, or 1 without reweighting."""
         return level * math.log2(self.block_size) if self.reweight else 0.0
-
-    def batch(self, row):
-        """The batch element of grid row `row` (= batch·H + head)."""
-        return row // self.heads
-
-    def head(self, row):
-        """The query head of grid row `row`."""
-        return row % self.heads
-
-    def kv_head(self, row):
-        """The kv head read by query row `row` (GQA: H / Hkv query heads per kv head)."""
-        return (row % self.heads) // (self.heads // self.kv_heads)
-
-    def kv_row(self, row):
-        """The kv row (batch·Hkv + kv head) read by query row `row`."""
-        return self.batch(row) * self.kv_heads + self.kv_head(row)

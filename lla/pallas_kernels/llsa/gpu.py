@@ -16,8 +16,8 @@ consecutive blocks, which share their intermediate and coarsest sources (`_sweep
 Forward saves the output and the f32 natural-log lse.
 
 Backward: dQ per query tile (same sweep as the forward); dK/dV of level l < L per key block
-from the key-major CSR transpose of picks[l + 1] (`metadata.transpose_picks`): key block j
-loops over the query groups (B^(l+1) queries each) that read it; dK/dV of the coarsest level
+from the key-major CSR transpose of picks[l + 1] (`sparse_flash.metadata.transpose`): key
+block j loops over the query groups (B^(l+1) queries each) that read it; dK/dV of the coarsest level
 per (key tile, query split) with the splits summed outside. No atomics: every program owns
 its outputs, so results are deterministic. Gradients come out per query head (GQA groups
 are summed by the caller).
@@ -35,8 +35,10 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
 from lla.pallas_kernels import online_softmax
-from lla.pallas_kernels.llsa.common import Hierarchy, largest_divisor_at_most
+from lla.pallas_kernels.common import largest_divisor_at_most
+from lla.pallas_kernels.llsa.common import Hierarchy
 from lla.pallas_kernels.online_softmax import LOG2E
+from lla.pallas_kernels.sparse_flash.gpu import accumulate_dkv, log2_logits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,12 +196,6 @@ def _sweep_keys(visit, carry, tile, picks_refs, k_refs, v_refs, config: Config):
     return lax.fori_loop(0, config.level_tokens(config.levels) // width, coarse_step, carry)
 
 
-def log2_logits(q, keys, log2_weight, config: Config, mask=None):
-    """[T, D] x [M, D] -> f32 [T, M] logits in log2 units, weight included, -inf off mask."""
-    logits = plt.dot(q, keys, trans_b=True) * (config.scale * LOG2E) + log2_weight
-    return logits if mask is None else jnp.where(mask, logits, -jnp.inf)
-
-
 def _split_refs(refs, config: Config):
     levels = config.levels
     k_refs = refs[:levels + 1]
@@ -305,23 +301,6 @@ def backward_dq(q, d_out, lse, delta, k_levels, v_levels, picks, config: Config,
 
 # ---- backward: dK/dV ------------------------------------------------------------------------
 
-def accumulate_dkv(carry, start, rows, refs, keys, values, log2_weight, config: Config,
-                   mask=None):
-    """Adds the dK/dV contribution of queries [start, start + rows) to one key tile (`mask`
-    [rows, M]: the query-key pairs that attend, None for all)."""
-    q_ref, d_out_ref, lse_ref, delta_ref = refs
-    dk, dv = carry
-    q = q_ref[pl.ds(start, rows), :]
-    d_out = d_out_ref[pl.ds(start, rows), :]
-    log2_lse = lse_ref[pl.ds(start, rows)] * LOG2E
-    delta = delta_ref[pl.ds(start, rows)]
-    probs = jnp.exp2(log2_logits(q, keys, log2_weight, config, mask) - log2_lse[:, None])
-    dv = dv + plt.dot(probs.astype(d_out.dtype), d_out, trans_a=True)
-    d_logits = probs * (plt.dot(d_out, values, trans_b=True) - delta[:, None])
-    dk = dk + plt.dot(d_logits.astype(q.dtype), q, trans_a=True)
-    return dk, dv
-
-
 def _sparse_dkv_kernel(q_ref, d_out_ref, lse_ref, delta_ref, k_ref, v_ref, offsets_ref,
                        groups_ref, dk_ref, dv_ref, *, level: int, config: Config):
     keys, values = k_ref[...], v_ref[...]
@@ -365,7 +344,8 @@ def backward_sparse_dkv(q, d_out, lse, delta, k, v, offsets, groups, level, conf
                         kernel=None):
     """dK, dV (f32, per query head, [Bt, N_l, H, D]) of sparse level `level` < L.
 
-    k, v: [Bt, N_l, Hkv, D] level-l keys; offsets/groups: `transpose_picks(picks[level + 1])`;
+    k, v: [Bt, N_l, Hkv, D] level-l keys; offsets/groups: the CSR of picks[level + 1]
+    (`sparse_flash.metadata.transpose`);
     `kernel`: the per-key-block body (`_sparse_dkv_kernel` by default; `causal_gpu`'s).
     """
     batch, _, heads, dim = q.shape

@@ -36,7 +36,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from lla.pallas_kernels.llsa.common import Hierarchy, largest_divisor_at_most
+from lla.pallas_kernels.common import largest_divisor_at_most
+from lla.pallas_kernels.llsa.common import Hierarchy
 from lla.pallas_kernels.online_softmax import LOG2E
 
 

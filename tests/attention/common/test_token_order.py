@@ -290,7 +290,9 @@ def test_frame_causal_arguments_say_why_not_and_name_the_ops_that_can():
         name="token_causal", fn=attention.dot_product_attention,
         implementations=attention.get("dense").implementations.values(), summary="x",
         capabilities=attention.Capabilities(causal=True))
-    cases = [("llsa", "it is not causal"),
+    not_causal = dataclasses.replace(token_causal, name="not_causal",
+                                     capabilities=attention.Capabilities())
+    cases = [(not_causal, "it is not causal"),
              (token_causal, r"it is token causal only \(no causal_block_size"),
              (dataclasses.replace(token_causal, capabilities=attention.Capabilities(
                  causal=True, token_order="hierarchy")), "its tokens come in hierarchy")]

@@ -1,0 +1,49 @@
+"""The "pallas_gpu" implementation of "topk_block": the shared selection in XLA, then the
+sparse-flash kernels (`lla.attention.common.block_sparse_pallas.attend_gpu`) over the picked
+blocks; their key tile is a `tuning` config (`lla.pallas_kernels.sparse_flash.gpu.Config`)."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+
+from lla.attention import registry
+from lla.attention.common.block_sparse_pallas import attend_gpu
+from lla.attention.topk_block import selection
+from lla.pallas_kernels.sparse_flash import gpu
+
+
+def default_config(q, k, v, *, block_size, topk, local, causal, interpret) -> gpu.Config:
+    """The kernels' shape of this call with the heuristic tiling (`gpu.make_config`)."""
+    return gpu.make_config(block_size, topk, q.shape[2], k.shape[2], q.shape[1], k.shape[1],
+                           q.shape[3], causal=causal, interpret=interpret)
+
+
+def unsupported_reasons(q, k, v, *, block_size, topk, local, causal, interpret,
+                        config: gpu.Config) -> list[str]:
+    """Why the compiled kernels cannot run these inputs; interpret mode runs any."""
+    gpu.check_tiling(config)
+    if interpret:
+        return []
+    reasons = []
+    if jax.default_backend() != "gpu":
+        reasons.append(f"needs a GPU (or interpret=True), platform is {jax.default_backend()}")
+    return reasons + gpu.unsupported_reasons(config)
+
+
+@functools.partial(jax.jit, static_argnames=("block_size", "topk", "local", "causal",
+                                             "interpret", "config"))
+def topk_block_pallas_gpu(q, k, v, *, block_size, topk, local, causal, interpret,
+                          config: gpu.Config):
+    """q [Bt, Nq, H, D], k/v [Bt, Nk, Hkv, D] -> [Bt, Nq, H, D]; `config` already describes
+    the static arguments."""
+    del interpret
+    picks = selection.select(q, k, block_size=block_size, topk=topk, local=local,
+                             causal=causal)
+    return attend_gpu(q, k, v, picks, config)
+
+
+IMPLEMENTATION = registry.Implementation(
+    "pallas_gpu", topk_block_pallas_gpu, unsupported_reasons, ("gpu",),
+    registry.Tunable(default_config, gpu.TUNABLE_FIELDS))
