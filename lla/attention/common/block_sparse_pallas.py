@@ -1,11 +1,13 @@
-"""Block-sparse attention over an index table on the sparse-flash Pallas kernels, with its
-custom VJP: the "pallas_gpu" path every block-sparse op ("topk_block", ...) shares.
+"""Block-sparse attention over an index table on the sparse-flash Pallas kernels, with their
+custom VJPs: the "pallas_gpu" (`attend_gpu`) and "pallas_tpu" (`attend_tpu`) paths every
+block-sparse op ("topk_block", ...) shares.
 
 Same contract as `block_sparse.attend_blocks` (its reference): q [Bt, Nq, H, D], k, v
 [Bt, Nk, Hkv, D], indices int32 [Bt, H, ceil(Nq / B), K] with -1 for empty slots. Here the
 sequences are zero-padded to whole blocks (the kernels mask the padding keys), the lists go
 through `lla.pallas_kernels.sparse_flash.metadata` (query-major lists for the forward and dQ,
-their key-major CSR for dK/dV), and the per-query-head dK/dV are summed over GQA groups.
+their key-major CSR for dK/dV on GPU; on TPU the per-slot dK/dV partials are scatter-added
+into their key blocks), and the per-query-head dK/dV are summed over GQA groups.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import jax.numpy as jnp
 
 from lla.attention.common.block_sparse import pad_tokens
 from lla.pallas_kernels.common import sum_query_heads
-from lla.pallas_kernels.sparse_flash import gpu, metadata
+from lla.pallas_kernels.sparse_flash import gpu, metadata, tpu
 
 
 def attend_gpu(q, k, v, indices, config: gpu.Config) -> jax.Array:
@@ -55,3 +57,50 @@ def _attend_bwd(config, residuals, d_out):
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)
+
+
+def attend_tpu(q, k, v, indices, config: tpu.Config) -> jax.Array:
+    """`attend_gpu` on the TPU kernels (heads-major rows inside)."""
+    rows = indices.shape[0] * indices.shape[1]
+    blocks, counts = metadata.query_major(
+        jax.lax.stop_gradient(indices).reshape(rows, *indices.shape[2:]))
+    size = config.block_size
+    out = _attend_tpu(_rows(pad_tokens(q, size)), _rows(pad_tokens(k, size)),
+                      _rows(pad_tokens(v, size)), blocks, counts, config)
+    out = out.reshape(q.shape[0], q.shape[2], -1, q.shape[3]).transpose(0, 2, 1, 3)
+    return out[:, :q.shape[1]]
+
+
+def _rows(x: jax.Array) -> jax.Array:
+    """[Bt, N, H, D] -> heads-major rows [Bt·H, N, D]."""
+    return x.transpose(0, 2, 1, 3).reshape(-1, x.shape[1], x.shape[3])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _attend_tpu(q, k, v, blocks, counts, config):
+    return tpu.forward(q, k, v, blocks, counts, config)[0]
+
+
+def _attend_tpu_fwd(q, k, v, blocks, counts, config):
+    out, lse = tpu.forward(q, k, v, blocks, counts, config)
+    return out, (q, k, v, blocks, counts, out, lse)
+
+
+def _attend_tpu_bwd(config, residuals, d_out):
+    q, k, v, blocks, counts, out, lse = residuals
+    d_out = d_out.astype(q.dtype)
+    delta = jnp.sum(out.astype(jnp.float32) * d_out.astype(jnp.float32), -1, keepdims=True)
+    dq, dk, dv = tpu.backward(q, d_out, lse, delta, k, v, blocks, counts, config)
+    size, group = config.block_size, config.heads // config.kv_heads
+    tokens = (blocks[..., None] * size + jnp.arange(size)).reshape(blocks.shape[0], -1)
+
+    def into_keys(partials, like):  # [R, nQ, K, B, D] -> [Rkv, nK·B, D]
+        zeros = jnp.zeros(like.shape[1:], jnp.float32)
+        per_row = jax.vmap(lambda index, value: zeros.at[index].add(value))(
+            tokens, partials.reshape(partials.shape[0], -1, partials.shape[-1]))
+        return per_row.reshape(-1, group, *per_row.shape[1:]).sum(1).astype(like.dtype)
+
+    return dq, into_keys(dk, k), into_keys(dv, v), None, None
+
+
+_attend_tpu.defvjp(_attend_tpu_fwd, _attend_tpu_bwd)

@@ -12,8 +12,9 @@ no output depends on a later token. Ties go to the lower block. Keys per query: 
 work is linear in N.
 
 Files: `selection.py` (shared by every implementation), `reference.py` ("xla", over
-`lla.attention.common.block_sparse`), `pallas_gpu.py` (the sparse-flash kernels of
-`lla.pallas_kernels.sparse_flash`; their tiling is a `tuning` config, not an argument).
+`lla.attention.common.block_sparse`), `pallas_gpu.py` and `pallas_tpu.py` (the sparse-flash
+kernels of `lla.pallas_kernels.sparse_flash`; the GPU tiling is a `tuning` config, not an
+argument).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import jax
 
 from lla.attention import registry
 from lla.attention.common.validation import check_flag, check_int, check_qkv
-from lla.attention.topk_block import pallas_gpu, reference, selection
+from lla.attention.topk_block import pallas_gpu, pallas_tpu, reference, selection
 
 
 def topk_block(
@@ -49,7 +50,8 @@ def topk_block(
       topk: key blocks per query block (K <= ceil(Nk / B)), the forced one included.
       local: always keep the diagonal key block (key block b for query block b).
       causal: self-attention where query i sees keys j <= i only (see the module docstring).
-      implementation: None (best available), "pallas_gpu", "xla", or a sequence of names.
+      implementation: None (best available), "pallas_gpu", "pallas_tpu", "xla", or a
+        sequence of names.
       interpret: run the Pallas kernels in interpret mode (any platform, for tests).
 
     Returns:
@@ -79,7 +81,7 @@ TOPK_BLOCK = registry.register(registry.AttentionOp(
     name="topk_block",
     fn=topk_block,
     capabilities=registry.Capabilities(token_order="hierarchy", causal=True, gqa=True),
-    implementations=(pallas_gpu.IMPLEMENTATION,
+    implementations=(pallas_gpu.IMPLEMENTATION, pallas_tpu.IMPLEMENTATION,
                      registry.Implementation("xla", reference.topk_block_xla)),
     summary="top-K block-sparse attention over mean-pooled blocks (LLSA's Top-K baseline)",
     default_kwargs={"block_size": 16, "topk": 32},

@@ -97,6 +97,22 @@ def test_reference_matches_oracle(shape, static):
         assert relative_error(grad, expected_grad) < 1e-5
 
 
+@pytest.mark.parametrize("static", [dict(topk=3), dict(topk=3, causal=True)])
+def test_pallas_tpu_interpret_matches_oracle(static):
+    """The TPU kernels in TPU interpret mode (NaN-poisoned buffers; slow, so one small
+    shape): GQA 2:1, a partial last block masked, empty causal slots skipped."""
+    q, k, v = random_qkv((1, 22, 22, 2, 1, 8))
+    cotangent = jax.random.normal(jax.random.key(5), q.shape)
+    with jax.default_matmul_precision("highest"):
+        out, vjp = jax.vjp(lambda *x: attention.topk_block(
+            *x, block_size=4, implementation="pallas_tpu", interpret=True, **static), q, k, v)
+        expected, expected_vjp = jax.vjp(
+            lambda *x: topk_block_oracle(*x, block_size=4, **static), q, k, v)
+    assert relative_error(out, expected) < 1e-5
+    for grad, expected_grad in zip(vjp(cotangent), expected_vjp(cotangent), strict=True):
+        assert relative_error(grad, expected_grad) < 1e-5
+
+
 def test_selection_keeps_what_the_oracle_keeps():
     """The lists themselves, with empty causal slots at the end as -1."""
     q, k, _ = random_qkv((2, 42, 42, 3, 1, 8))

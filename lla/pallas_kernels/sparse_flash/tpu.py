@@ -1,0 +1,211 @@
+"""Block-sparse flash attention for TPU (Mosaic), driven by scalar-prefetched block lists.
+
+Same lists as `gpu.py` (`metadata.query_major`), in TPU form: they live in SMEM
+(`PrefetchScalarGridSpec`) and the key BlockSpec's index map reads them, so every grid step
+DMAs exactly one listed key block. Arrays are heads-major rows (r = batch·H + head; kv rows
+r_kv = batch·Hkv + kv head), sequences padded to whole blocks:
+  q, out, dq, d_out   [R, nQ·B, D]          lse, delta   float32 [R, nQ·B, 1]
+  k, v                [Rkv, nK·B, D]        blocks, counts   int32 [R, nQ, K], [R, nQ]
+  dk/dv partials      float32 [R, nQ, K, B, D]
+Grid (R, nQ, K): step s of query block i reads key block blocks[r, i, s] and is skipped when
+s >= counts[r, i]; keys past `kv_tokens` (padding) and, with `causal`, after the query are
+masked. The online softmax state lives in VMEM scratch; the forward saves the output and the
+f32 natural-log lse.
+
+Backward: one kernel walks the same steps, accumulating dQ and writing the dK/dV partial of
+every (query block, slot) pair, which the caller sums into its key block with a
+scatter-add (deterministic on TPU, no atomics; skipped slots write zeros). Verified in TPU
+interpret mode on CPU with NaN-poisoned buffers; not tuned on TPU hardware.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from lla.pallas_kernels.common import HeadRows
+from lla.pallas_kernels.online_softmax import LOG2E
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(HeadRows):
+    """Shape of one block-sparse call on TPU (no tuning knobs: one key block per step)."""
+
+    block_size: int
+    topk: int
+    heads: int
+    kv_heads: int
+    query_blocks: int
+    key_blocks: int
+    kv_tokens: int
+    head_dim: int
+    causal: bool
+    interpret: bool = False
+
+    @property
+    def scale(self) -> float:
+        return self.head_dim ** -0.5
+
+    def interpret_params(self):
+        """TPU interpret mode with NaN-poisoned uninitialised memory, or False (compiled)."""
+        return pltpu.InterpretParams(uninitialized_memory="nan") if self.interpret else False
+
+
+def make_config(block_size, topk, heads, kv_heads, q_tokens, kv_tokens, head_dim, *,
+                causal=False, interpret=False) -> Config:
+    """The config of a call (q_tokens, kv_tokens: the unpadded sequence lengths)."""
+    return Config(block_size=block_size, topk=topk, heads=heads, kv_heads=kv_heads,
+                  query_blocks=-(-q_tokens // block_size),
+                  key_blocks=-(-kv_tokens // block_size), kv_tokens=kv_tokens,
+                  head_dim=head_dim, causal=causal, interpret=interpret)
+
+
+def unsupported_reasons(config: Config) -> list[str]:
+    """Why the compiled (non-interpret) kernels cannot run this configuration."""
+    if config.block_size % 8:
+        return [f"block_size {config.block_size} must be a multiple of 8"]
+    return []
+
+
+def _masked_logits(q, keys, blocks_ref, config: Config):
+    """[B, D] x [B, D] -> f32 [B, B] log2 logits of grid step (r, i, s), -inf off the
+    padding and causal masks."""
+    size = config.block_size
+    r, i, s = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    logits = jax.lax.dot_general(q, keys, (((1,), (1,)), ((), ())),
+                                 preferred_element_type=jnp.float32) * (config.scale * LOG2E)
+    cols = blocks_ref[r, i, s] * size + jax.lax.broadcasted_iota(jnp.int32, (1, size), 1)
+    visible = cols < config.kv_tokens
+    if config.causal:
+        visible = visible & (cols <= i * size + jax.lax.broadcasted_iota(
+            jnp.int32, (size, 1), 0))
+    return jnp.where(visible, logits, -jnp.inf)
+
+
+def _specs(config: Config):
+    """(query block [R, nQ·B, D], per-row [R, nQ·B, 1], listed key block [Rkv, nK·B, D])
+    BlockSpecs for grids (r, i, s) with (blocks, counts) prefetched."""
+    size, dim = config.block_size, config.head_dim
+    query = pl.BlockSpec((None, size, dim), lambda r, i, s, *_: (r, i, 0))
+    row = pl.BlockSpec((None, size, 1), lambda r, i, s, *_: (r, i, 0))
+    key = pl.BlockSpec((None, size, dim),
+                       lambda r, i, s, blocks, counts: (config.kv_row(r), blocks[r, i, s], 0))
+    return query, row, key
+
+
+def _forward_kernel(blocks_ref, counts_ref, q_ref, k_ref, v_ref, out_ref, lse_ref, max_ref,
+                    sum_ref, acc_ref, *, config: Config):
+    r, i, s = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+
+    @pl.when(s == 0)
+    def _init():
+        max_ref[...] = jnp.full(max_ref.shape, -jnp.inf, jnp.float32)
+        sum_ref[...] = jnp.zeros(sum_ref.shape, jnp.float32)
+        acc_ref[...] = jnp.zeros(acc_ref.shape, jnp.float32)
+
+    @pl.when(s < counts_ref[r, i])
+    def _update():
+        values = v_ref[...]
+        logits = _masked_logits(q_ref[...], k_ref[...], blocks_ref, config)
+        row_max = max_ref[...]
+        new_max = jnp.maximum(row_max, logits.max(axis=1, keepdims=True))
+        # A row with no key so far keeps m = -inf: shift by 0 so exp2 gives 0, not NaN.
+        shift = jnp.where(new_max == -jnp.inf, 0.0, new_max)
+        correction = jnp.exp2(row_max - shift)
+        probs = jnp.exp2(logits - shift)
+        sum_ref[...] = sum_ref[...] * correction + probs.sum(axis=1, keepdims=True)
+        acc_ref[...] = acc_ref[...] * correction + jax.lax.dot(
+            probs.astype(values.dtype), values, preferred_element_type=jnp.float32)
+        max_ref[...] = new_max
+
+    @pl.when(s == config.topk - 1)
+    def _finish():
+        out_ref[...] = (acc_ref[...] / sum_ref[...]).astype(out_ref.dtype)
+        lse_ref[...] = (max_ref[...] + jnp.log2(sum_ref[...])) / LOG2E
+
+
+def forward(q, k, v, blocks, counts, config: Config):
+    """out [R, nQ·B, D] in q's dtype and lse float32 [R, nQ·B, 1] (natural log)."""
+    rows, tokens, dim = q.shape
+    size = config.block_size
+    query, row, key = _specs(config)
+    return pl.pallas_call(
+        functools.partial(_forward_kernel, config=config),
+        grid_spec=pltpu.PrefetchScalarGridSpec(
+            num_scalar_prefetch=2,
+            grid=(rows, config.query_blocks, config.topk),
+            in_specs=[query, key, key],
+            out_specs=[query, row],
+            scratch_shapes=[pltpu.VMEM((size, 1), jnp.float32),
+                            pltpu.VMEM((size, 1), jnp.float32),
+                            pltpu.VMEM((size, dim), jnp.float32)]),
+        out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
+                   jax.ShapeDtypeStruct((rows, tokens, 1), jnp.float32)],
+        compiler_params=pltpu.CompilerParams(
+            dimension_semantics=("parallel", "parallel", "arbitrary")),
+        interpret=config.interpret_params(),
+        name="sparse_flash_forward_tpu",
+    )(blocks, counts, q, k, v)
+
+
+def _backward_kernel(blocks_ref, counts_ref, q_ref, d_out_ref, lse_ref, delta_ref, k_ref,
+                     v_ref, dq_ref, dk_ref, dv_ref, dq_acc_ref, *, config: Config):
+    r, i, s = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+
+    @pl.when(s == 0)
+    def _init():
+        dq_acc_ref[...] = jnp.zeros(dq_acc_ref.shape, jnp.float32)
+
+    @pl.when(s < counts_ref[r, i])
+    def _update():
+        q, d_out, keys, values = q_ref[...], d_out_ref[...], k_ref[...], v_ref[...]
+        probs = jnp.exp2(_masked_logits(q, keys, blocks_ref, config) - lse_ref[...] * LOG2E)
+        d_probs = jax.lax.dot_general(d_out, values, (((1,), (1,)), ((), ())),
+                                      preferred_element_type=jnp.float32)
+        d_logits = probs * (d_probs - delta_ref[...])
+        dq_acc_ref[...] += jax.lax.dot(d_logits.astype(keys.dtype), keys,
+                                       preferred_element_type=jnp.float32)
+        transposed = (((0,), (0,)), ((), ()))
+        dk_ref[...] = config.scale * jax.lax.dot_general(
+            d_logits.astype(q.dtype), q, transposed, preferred_element_type=jnp.float32)
+        dv_ref[...] = jax.lax.dot_general(probs.astype(d_out.dtype), d_out, transposed,
+                                          preferred_element_type=jnp.float32)
+
+    @pl.when(s >= counts_ref[r, i])
+    def _empty_slot():
+        dk_ref[...] = jnp.zeros(dk_ref.shape, jnp.float32)
+        dv_ref[...] = jnp.zeros(dv_ref.shape, jnp.float32)
+
+    @pl.when(s == config.topk - 1)
+    def _finish():
+        dq_ref[...] = (dq_acc_ref[...] * config.scale).astype(dq_ref.dtype)
+
+
+def backward(q, d_out, lse, delta, k, v, blocks, counts, config: Config):
+    """dq [R, nQ·B, D] and the dK, dV partials float32 [R, nQ, K, B, D] of every (query
+    block, slot) pair (zeros in empty slots)."""
+    rows, _, dim = q.shape
+    size = config.block_size
+    query, row, key = _specs(config)
+    partial = pl.BlockSpec((None, None, None, size, dim), lambda r, i, s, *_: (r, i, s, 0, 0))
+    partial_shape = jax.ShapeDtypeStruct((rows, config.query_blocks, config.topk, size, dim),
+                                         jnp.float32)
+    return pl.pallas_call(
+        functools.partial(_backward_kernel, config=config),
+        grid_spec=pltpu.PrefetchScalarGridSpec(
+            num_scalar_prefetch=2,
+            grid=(rows, config.query_blocks, config.topk),
+            in_specs=[query, query, row, row, key, key],
+            out_specs=[query, partial, partial],
+            scratch_shapes=[pltpu.VMEM((size, dim), jnp.float32)]),
+        out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), partial_shape, partial_shape],
+        compiler_params=pltpu.CompilerParams(
+            dimension_semantics=("parallel", "parallel", "arbitrary")),
+        interpret=config.interpret_params(),
+        name="sparse_flash_backward_tpu",
+    )(blocks, counts, q, d_out, lse, delta, k, v)
