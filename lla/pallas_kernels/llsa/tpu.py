@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from lla.pallas_kernels import online_softmax
 from lla.pallas_kernels.common import largest_divisor_at_most
 from lla.pallas_kernels.llsa.common import Hierarchy
 from lla.pallas_kernels.online_softmax import LOG2E
@@ -204,27 +205,19 @@ def _forward_kernel(*refs, config: Config):
         acc_ref[...] = jnp.zeros(acc_ref.shape, jnp.float32)
 
     def update(index, level):
-        values = v_refs[index][...]
         logits = _masked_logits(q_ref[...], k_refs[index][...], level,
                                 config.sources()[index][1], picks_refs, config)
-        row_max = max_ref[...]
-        new_max = jnp.maximum(row_max, logits.max(axis=1, keepdims=True))
-        shift = new_max
-        if config.causal:  # a row with no key so far keeps m = -inf: shift by 0, not -inf
-            shift = jnp.where(new_max == -jnp.inf, 0.0, new_max)
-        correction = jnp.exp2(row_max - shift)
-        probs = jnp.exp2(logits - shift)
-        sum_ref[...] = sum_ref[...] * correction + probs.sum(axis=1, keepdims=True)
-        acc_ref[...] = acc_ref[...] * correction + jax.lax.dot(
-            probs.astype(values.dtype), values, preferred_element_type=jnp.float32)
-        max_ref[...] = new_max
+        carry = (max_ref[...], sum_ref[...], acc_ref[...])
+        max_ref[...], sum_ref[...], acc_ref[...] = online_softmax.update(
+            carry, logits, v_refs[index][...],
+            lambda a, b: jax.lax.dot(a, b, preferred_element_type=jnp.float32))
 
     _for_each_source(config, step, update)
 
     @pl.when(step == config.steps - 1)
     def _finish():
-        out_ref[...] = (acc_ref[...] / sum_ref[...]).astype(out_ref.dtype)
-        lse_ref[...] = (max_ref[...] + jnp.log2(sum_ref[...])) / LOG2E
+        out, lse_ref[...] = online_softmax.finish((max_ref[...], sum_ref[...], acc_ref[...]))
+        out_ref[...] = out.astype(out_ref.dtype)
 
 
 def _attended(levels, config: Config):

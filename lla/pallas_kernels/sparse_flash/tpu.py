@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from lla.pallas_kernels import online_softmax
 from lla.pallas_kernels.common import HeadRows
 from lla.pallas_kernels.online_softmax import LOG2E
 
@@ -72,6 +73,11 @@ def unsupported_reasons(config: Config) -> list[str]:
     return []
 
 
+def _dot(a, b):
+    """The Mosaic matmul with an f32 result."""
+    return jax.lax.dot(a, b, preferred_element_type=jnp.float32)
+
+
 def _masked_logits(q, keys, blocks_ref, config: Config):
     """[B, D] x [B, D] -> f32 [B, B] log2 logits of grid step (r, i, s), -inf off the
     padding and causal masks."""
@@ -110,23 +116,15 @@ def _forward_kernel(blocks_ref, counts_ref, q_ref, k_ref, v_ref, out_ref, lse_re
 
     @pl.when(s < counts_ref[r, i])
     def _update():
-        values = v_ref[...]
         logits = _masked_logits(q_ref[...], k_ref[...], blocks_ref, config)
-        row_max = max_ref[...]
-        new_max = jnp.maximum(row_max, logits.max(axis=1, keepdims=True))
-        # A row with no key so far keeps m = -inf: shift by 0 so exp2 gives 0, not NaN.
-        shift = jnp.where(new_max == -jnp.inf, 0.0, new_max)
-        correction = jnp.exp2(row_max - shift)
-        probs = jnp.exp2(logits - shift)
-        sum_ref[...] = sum_ref[...] * correction + probs.sum(axis=1, keepdims=True)
-        acc_ref[...] = acc_ref[...] * correction + jax.lax.dot(
-            probs.astype(values.dtype), values, preferred_element_type=jnp.float32)
-        max_ref[...] = new_max
+        carry = (max_ref[...], sum_ref[...], acc_ref[...])
+        max_ref[...], sum_ref[...], acc_ref[...] = online_softmax.update(
+            carry, logits, v_ref[...], _dot)
 
     @pl.when(s == config.topk - 1)
     def _finish():
-        out_ref[...] = (acc_ref[...] / sum_ref[...]).astype(out_ref.dtype)
-        lse_ref[...] = (max_ref[...] + jnp.log2(sum_ref[...])) / LOG2E
+        out, lse_ref[...] = online_softmax.finish((max_ref[...], sum_ref[...], acc_ref[...]))
+        out_ref[...] = out.astype(out_ref.dtype)
 
 
 def forward(q, k, v, blocks, counts, config: Config):
