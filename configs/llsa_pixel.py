@@ -16,8 +16,9 @@ Variants, `configs/llsa_pixel.py:key=value,...`:
   attention=llsa|dense|neighborhood|<op>
                              any registered op (`lla.attention.names()`) with its
                              `default_kwargs` (llsa: block 16, top-8; neighborhood: 13 x 13;
-                             topk_block: block 16, top-32, top-20 at res=128 as LLSA's
-                             Table 2 ran its Top-K baseline)
+                             topk_block: block 16, top-32; vsa: tile 64, top-32; at
+                             res=128 and 256 both take block 16 and LLSA Table 2's K, 20
+                             and 32, as LLSA ran its baselines)
   data=procedural|fashion_mnist|image_folder|tfds:<name>
                              fashion_mnist reads data/fashion-mnist (scripts/
                              fetch_fashion_mnist.sh); image_folder reads --config.data.kwargs.path
@@ -44,7 +45,8 @@ from configs import common
 from lla import models
 
 DEFAULTS = {"res": 32, "attention": "llsa", "data": "procedural", "model": None}
-# LLSA's Table 2 runs its single-level Top-K baseline with larger K than LLSA's 8 (block 16).
+# LLSA's Table 2 runs its block-sparse baselines with blocks of 16 and larger K than LLSA's 8.
+TOPK_BASELINES = ("topk_block", "vsa")
 TOPK_BASELINE = {128: 20, 256: 32}
 
 
@@ -56,8 +58,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     preset = options["model"] or ("S" if full_size else "tiny")
     common.choose("model", preset, models.get("dit").PRESETS)
     attention, attention_kwargs = common.attention(options["attention"])
-    if attention == "topk_block" and resolution in TOPK_BASELINE:
-        attention_kwargs["topk"] = TOPK_BASELINE[resolution]
+    if attention in TOPK_BASELINES and resolution in TOPK_BASELINE:
+        attention_kwargs.update(block_size=16, topk=TOPK_BASELINE[resolution])
 
     config = ml_collections.ConfigDict()
     config.seed = 0

@@ -5,10 +5,11 @@
     attn.names(); attn.get("dense")            # registry: capabilities and implementations
     order = attn.token_order.for_op("llsa", (256, 256))   # how a model feeds grid tokens
 
-One folder per op (`dense/`, `llsa/`, `neighborhood/`, `topk_block/`): the public function and its
-registration in `__init__.py`, the "xla" reference in `reference.py`, one file per other
-implementation named as it is (`cudnn.py`, `pallas_gpu.py`, `pallas_tpu.py`). Shared pieces
-are in `common/`. This file is the explicit list of public ops: a new op adds one import.
+One folder per op (`dense/`, `llsa/`, `neighborhood/`, `topk_block/`, `vsa/`): the public
+function and its registration in `__init__.py`, the "xla" reference in `reference.py`, one
+file per other implementation named as it is (`cudnn.py`, `pallas_gpu.py`, `pallas_tpu.py`).
+Shared pieces are in `common/`. This file is the explicit list of public ops: a new op adds
+one import.
 Here `lla.attention.llsa` and `lla.attention.neighborhood` are the op functions, which
 shadow their folders as attributes: reach a folder's modules with from-imports
 (`from lla.attention.llsa import reference`).
@@ -32,6 +33,7 @@ from lla.attention.registry import (
     tuning,
 )
 from lla.attention.topk_block import topk_block
+from lla.attention.vsa import vsa
 
 __all__ = [
     "AttentionOp",
@@ -50,4 +52,5 @@ __all__ = [
     "token_order",
     "topk_block",
     "tuning",
+    "vsa",
 ]

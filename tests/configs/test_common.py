@@ -36,9 +36,10 @@ def test_llsa_pixel_variants():
     assert config.model.preset == "S" and config.data.kwargs.resolution == 256
     assert dict(config.model.attention_kwargs) == {"kernel_size": 13}
     assert llsa_pixel.get_config().model.preset == "tiny"
-    for res, topk in ((128, 20), (256, 32)):  # LLSA's Table 2 Top-K baseline
-        kwargs = llsa_pixel.get_config(f"res={res},attention=topk_block").model.attention_kwargs
-        assert dict(kwargs) == {"block_size": 16, "topk": topk}
+    for res, topk in ((128, 20), (256, 32)):  # LLSA's Table 2 baselines
+        for name in ("topk_block", "vsa"):
+            kwargs = llsa_pixel.get_config(f"res={res},attention={name}").model.attention_kwargs
+            assert dict(kwargs) == {"block_size": 16, "topk": topk}
     with pytest.raises(ValueError, match="res=48: choose one of 32, 64"):
         llsa_pixel.get_config("res=48")
     with pytest.raises(ValueError, match="model=XL: choose one of tiny, S, B"):

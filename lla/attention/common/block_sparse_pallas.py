@@ -17,43 +17,69 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from lla.attention.common.block_sparse import pad_tokens
+from lla.attention.common.block_sparse import Summary, pad_tokens
 from lla.pallas_kernels.common import sum_query_heads
 from lla.pallas_kernels.sparse_flash import gpu, metadata, tpu
 
 
-def attend_gpu(q, k, v, indices, config: gpu.Config) -> jax.Array:
-    """-> [Bt, Nq, H, D] in q's dtype; differentiable in q, k and v (not in `indices`)."""
+def gpu_config(q, k, *, block_size, topk, causal=False, summary_tokens=0,
+               interpret=False) -> gpu.Config:
+    """The GPU kernels' shape of a call with the heuristic tiling (`gpu.make_config`)."""
+    return gpu.make_config(block_size, topk, q.shape[2], k.shape[2], q.shape[1], k.shape[1],
+                           q.shape[3], causal=causal, summary_tokens=summary_tokens,
+                           interpret=interpret)
+
+
+def tpu_config(q, k, *, block_size, topk, causal=False, interpret=False) -> tpu.Config:
+    """The TPU kernels' shape of a call."""
+    return tpu.make_config(block_size, topk, q.shape[2], k.shape[2], q.shape[1], k.shape[1],
+                           q.shape[3], causal=causal, interpret=interpret)
+
+
+def attend_gpu(q, k, v, indices, config: gpu.Config,
+               summary: Summary | None = None) -> jax.Array:
+    """-> [Bt, Nq, H, D] in q's dtype; differentiable in q, k, v and the summary keys and
+    values (not in `indices` or the summary bias). `config.summary_tokens` must match."""
     rows = indices.shape[0] * indices.shape[1]
     indices = jax.lax.stop_gradient(indices).reshape(rows, *indices.shape[2:])
     blocks, counts = metadata.query_major(indices)
     offsets, readers = metadata.transpose(indices, config.key_blocks)
     size = config.block_size
-    out = _attend(pad_tokens(q, size), pad_tokens(k, size), pad_tokens(v, size), blocks,
-                  counts, offsets, readers, config)
+    summary = () if summary is None else (
+        summary.keys, summary.values,
+        jax.lax.stop_gradient(summary.bias).astype(jnp.float32).transpose(0, 2, 1))
+    out = _attend(pad_tokens(q, size), pad_tokens(k, size), pad_tokens(v, size), summary,
+                  blocks, counts, offsets, readers, config)
     return out[:, :q.shape[1]]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
-def _attend(q, k, v, blocks, counts, offsets, readers, config):
-    return gpu.forward(q, k, v, blocks, counts, config)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
+def _attend(q, k, v, summary, blocks, counts, offsets, readers, config):
+    return gpu.forward(q, k, v, blocks, counts, summary, config)[0]
 
 
-def _attend_fwd(q, k, v, blocks, counts, offsets, readers, config):
-    out, lse = gpu.forward(q, k, v, blocks, counts, config)
-    return out, (q, k, v, blocks, counts, offsets, readers, out, lse)
+def _attend_fwd(q, k, v, summary, blocks, counts, offsets, readers, config):
+    out, lse = gpu.forward(q, k, v, blocks, counts, summary, config)
+    return out, (q, k, v, summary, blocks, counts, offsets, readers, out, lse)
 
 
 def _attend_bwd(config, residuals, d_out):
-    q, k, v, blocks, counts, offsets, readers, out, lse = residuals
+    q, k, v, summary, blocks, counts, offsets, readers, out, lse = residuals
     delta = jnp.einsum("bnhd,bnhd->bhn", out.astype(jnp.float32), d_out.astype(jnp.float32))
     delta = delta.reshape(lse.shape)
     d_out = d_out.astype(q.dtype)
-    dq = gpu.backward_dq(q, d_out, lse, delta, k, v, blocks, counts, config)
+    dq = gpu.backward_dq(q, d_out, lse, delta, k, v, blocks, counts, summary, config)
     dk, dv = gpu.backward_dkv(q, d_out, lse, delta, k, v, offsets, readers, config)
+    d_summary = ()
+    if summary:
+        summary_dk, summary_dv = gpu.backward_summary_dkv(q, d_out, lse, delta, summary,
+                                                          config)
+        d_summary = (sum_query_heads(summary_dk, config.kv_heads).astype(summary[0].dtype),
+                     sum_query_heads(summary_dv, config.kv_heads).astype(summary[1].dtype),
+                     jnp.zeros_like(summary[2]))
     dk = sum_query_heads(dk, config.kv_heads).astype(k.dtype)
     dv = sum_query_heads(dv, config.kv_heads).astype(v.dtype)
-    return dq, dk, dv, None, None, None, None
+    return dq, dk, dv, d_summary, None, None, None, None
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)

@@ -1,12 +1,10 @@
 """What the two Pallas implementations of LLSA share: their tuning configs come from the kernel
-module's `make_config` (shape of the call plus a heuristic tiling), and they decline inputs
-the same way."""
+module's `make_config` (shape of the call plus a heuristic tiling); they decline inputs
+through `lla.attention.common.kernel_reasons`."""
 
 from __future__ import annotations
 
 import types
-
-import jax
 
 from lla.attention import registry
 
@@ -23,16 +21,3 @@ def tunable(kernels: types.ModuleType) -> registry.Tunable:
                                    causal=causal, interpret=interpret)
 
     return registry.Tunable(default_config, kernels.TUNABLE_FIELDS)
-
-
-def reasons(kernels: types.ModuleType, backend: str, config, interpret: bool) -> list[str]:
-    """Why the compiled kernels cannot run `config` (interpret mode runs any); a tiling that
-    does not divide the shapes raises ValueError (`kernels.check_tiling`)."""
-    kernels.check_tiling(config)
-    if interpret:
-        return []
-    reasons = []
-    if jax.default_backend() != backend:
-        reasons.append(f"needs a {backend.upper()} (or interpret=True), platform is "
-                       f"{jax.default_backend()}")
-    return reasons + kernels.unsupported_reasons(config)

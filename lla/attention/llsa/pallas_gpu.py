@@ -15,6 +15,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from lla.attention.common.kernel_reasons import compiled_kernel_reasons
 from lla.attention.llsa import causal, hierarchy, pallas
 from lla.pallas_kernels.common import sum_query_heads
 from lla.pallas_kernels.llsa import causal_gpu, gpu, selection
@@ -25,8 +26,8 @@ TUNABLE = pallas.tunable(gpu)
 
 def unsupported_reasons(q, k, v, *, block_size, topk, levels, enrich_levels, reweight,
                         causal, interpret, config: gpu.Config):
-    """Why the compiled GPU kernels cannot run these inputs (`pallas.reasons`)."""
-    return pallas.reasons(gpu, "gpu", config, interpret)
+    """Why the compiled GPU kernels cannot run these inputs (`compiled_kernel_reasons`)."""
+    return compiled_kernel_reasons(gpu, "gpu", config, interpret)
 
 
 def prepare(q, k, v, config: gpu.Config):

@@ -13,6 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from lla.attention.common.kernel_reasons import compiled_kernel_reasons
 from lla.attention.llsa import causal as causal_hierarchy
 from lla.attention.llsa import hierarchy, pallas
 from lla.pallas_kernels.llsa import tpu
@@ -22,8 +23,8 @@ TUNABLE = pallas.tunable(tpu)
 
 def unsupported_reasons(q, k, v, *, block_size, topk, levels, enrich_levels, reweight,
                         causal, interpret, config: tpu.Config):
-    """Why the TPU kernels cannot run these inputs (`pallas.reasons`)."""
-    return pallas.reasons(tpu, "tpu", config, interpret)
+    """Why the TPU kernels cannot run these inputs (`compiled_kernel_reasons`)."""
+    return compiled_kernel_reasons(tpu, "tpu", config, interpret)
 
 
 def _rows(x: jax.Array) -> jax.Array:

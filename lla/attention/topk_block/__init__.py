@@ -24,8 +24,9 @@ from collections.abc import Sequence
 import jax
 
 from lla.attention import registry
-from lla.attention.common.validation import check_flag, check_int, check_qkv
-from lla.attention.topk_block import pallas_gpu, pallas_tpu, reference, selection
+from lla.attention.common.block_sparse import check_block_arguments
+from lla.attention.common.validation import check_flag, check_qkv
+from lla.attention.topk_block import pallas_gpu, pallas_tpu, reference
 
 
 def topk_block(
@@ -58,16 +59,10 @@ def topk_block(
       [B, Nq, H, D] in q's dtype.
     """
     check_qkv("topk_block", q, k, v)
-    block_size = check_int("topk_block", "block_size", block_size, 1)
-    topk = check_int("topk_block", "topk", topk, 1)
+    block_size, topk = check_block_arguments("topk_block", k.shape[1], block_size, topk)
     local = check_flag("topk_block", "local", local)
     causal = check_flag("topk_block", "causal", causal)
     interpret = check_flag("topk_block", "interpret", interpret)
-    key_blocks = selection.num_blocks(k.shape[1], block_size)
-    if topk > key_blocks:
-        raise ValueError(f"topk_block: topk={topk} exceeds the {key_blocks} key blocks "
-                         f"(ceil(Nk / block_size) = ceil({k.shape[1]} / {block_size})); use "
-                         f"topk <= {key_blocks} or a smaller block_size")
     if (causal or local) and q.shape[1] != k.shape[1]:
         raise ValueError(f"topk_block: {'causal' if causal else 'local'}=True needs "
                          f"self-attention (q and k with the same number of tokens); got "

@@ -9,27 +9,22 @@ import functools
 import jax
 
 from lla.attention import registry
-from lla.attention.common.block_sparse_pallas import attend_gpu
+from lla.attention.common import block_sparse_pallas as kernels
+from lla.attention.common.kernel_reasons import compiled_kernel_reasons
 from lla.attention.topk_block import selection
 from lla.pallas_kernels.sparse_flash import gpu
 
 
 def default_config(q, k, v, *, block_size, topk, local, causal, interpret) -> gpu.Config:
-    """The kernels' shape of this call with the heuristic tiling (`gpu.make_config`)."""
-    return gpu.make_config(block_size, topk, q.shape[2], k.shape[2], q.shape[1], k.shape[1],
-                           q.shape[3], causal=causal, interpret=interpret)
+    """The kernels' shape of this call with the heuristic tiling."""
+    return kernels.gpu_config(q, k, block_size=block_size, topk=topk, causal=causal,
+                              interpret=interpret)
 
 
 def unsupported_reasons(q, k, v, *, block_size, topk, local, causal, interpret,
                         config: gpu.Config) -> list[str]:
-    """Why the compiled kernels cannot run these inputs; interpret mode runs any."""
-    gpu.check_tiling(config)
-    if interpret:
-        return []
-    reasons = []
-    if jax.default_backend() != "gpu":
-        reasons.append(f"needs a GPU (or interpret=True), platform is {jax.default_backend()}")
-    return reasons + gpu.unsupported_reasons(config)
+    """Why the compiled kernels cannot run these inputs (interpret mode runs any)."""
+    return compiled_kernel_reasons(gpu, "gpu", config, interpret)
 
 
 @functools.partial(jax.jit, static_argnames=("block_size", "topk", "local", "causal",
@@ -41,7 +36,7 @@ def topk_block_pallas_gpu(q, k, v, *, block_size, topk, local, causal, interpret
     del interpret
     picks = selection.select(q, k, block_size=block_size, topk=topk, local=local,
                              causal=causal)
-    return attend_gpu(q, k, v, picks, config)
+    return kernels.attend_gpu(q, k, v, picks, config)
 
 
 IMPLEMENTATION = registry.Implementation(

@@ -8,24 +8,16 @@ import functools
 import jax
 
 from lla.attention import registry
-from lla.attention.common.block_sparse_pallas import attend_tpu
+from lla.attention.common import block_sparse_pallas as kernels
+from lla.attention.common.kernel_reasons import compiled_kernel_reasons
 from lla.attention.topk_block import selection
 from lla.pallas_kernels.sparse_flash import tpu
 
 
-def _config(q, k, block_size, topk, causal, interpret) -> tpu.Config:
-    return tpu.make_config(block_size, topk, q.shape[2], k.shape[2], q.shape[1], k.shape[1],
-                           q.shape[3], causal=causal, interpret=interpret)
-
-
 def unsupported_reasons(q, k, v, *, block_size, topk, local, causal, interpret) -> list[str]:
-    """Why the compiled TPU kernels cannot run these inputs; interpret mode runs any."""
-    if interpret:
-        return []
-    reasons = []
-    if jax.default_backend() != "tpu":
-        reasons.append(f"needs a TPU (or interpret=True), platform is {jax.default_backend()}")
-    return reasons + tpu.unsupported_reasons(_config(q, k, block_size, topk, causal, False))
+    """Why the compiled kernels cannot run these inputs (interpret mode runs any)."""
+    config = kernels.tpu_config(q, k, block_size=block_size, topk=topk, causal=causal)
+    return compiled_kernel_reasons(tpu, "tpu", config, interpret)
 
 
 @functools.partial(jax.jit, static_argnames=("block_size", "topk", "local", "causal",
@@ -34,7 +26,9 @@ def topk_block_pallas_tpu(q, k, v, *, block_size, topk, local, causal, interpret
     """q [Bt, Nq, H, D], k/v [Bt, Nk, Hkv, D] -> [Bt, Nq, H, D]."""
     picks = selection.select(q, k, block_size=block_size, topk=topk, local=local,
                              causal=causal)
-    return attend_tpu(q, k, v, picks, _config(q, k, block_size, topk, causal, interpret))
+    config = kernels.tpu_config(q, k, block_size=block_size, topk=topk, causal=causal,
+                                interpret=interpret)
+    return kernels.attend_tpu(q, k, v, picks, config)
 
 
 IMPLEMENTATION = registry.Implementation("pallas_tpu", topk_block_pallas_tpu,

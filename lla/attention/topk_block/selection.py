@@ -21,22 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-
-def num_blocks(tokens: int, block_size: int) -> int:
-    """ceil(tokens / block_size)."""
-    return -(-tokens // block_size)
-
-
-def block_means(x: jax.Array, block_size: int) -> jax.Array:
-    """x [Bt, N, H, D] -> float32 [Bt, ceil(N / B), H, D]: the mean of each block's tokens
-    (the last block's own count when it is partial)."""
-    batch, tokens, heads, dim = x.shape
-    blocks = num_blocks(tokens, block_size)
-    padded = jnp.pad(x.astype(jnp.float32), ((0, 0), (0, blocks * block_size - tokens),
-                                             (0, 0), (0, 0)))
-    sums = padded.reshape(batch, blocks, block_size, heads, dim).sum(2)
-    counts = jnp.minimum(block_size, tokens - block_size * jnp.arange(blocks))
-    return sums / counts[:, None, None].astype(jnp.float32)
+from lla.attention.common.block_sparse import block_means
 
 
 def select(q: jax.Array, k: jax.Array, *, block_size: int, topk: int, local: bool,

@@ -12,14 +12,20 @@ grids running over rows r = batch·H + head:
                     (`metadata.transpose`)
   lse, delta        float32 [Bt·H, nQ·B] (natural-log lse; delta = rowsum(out * d_out))
   dk, dv            float32 [Bt, nK·B, H, D], per query head (the caller sums GQA groups)
+  summary k, v      [Bt, S, Hkv, D] summary tokens (seed-papers K2; only when
+                    summary_tokens > 0), bias float32 [Bt, Hkv, S] (natural log)
+  summary dk, dv    float32 [splits, Bt, S, H, D] per query head and query split
 
 Forward and dQ: grid (nQ, Bt·H); program (b, r) holds query block b of row r and sweeps its
 list in key tiles of `chunk` blocks (chunk·B keys), masking the slots >= counts[r, b], the
 padding keys (positions >= kv_tokens) and, with `causal`, the keys after each query. The
 forward keeps an online softmax in the log2 domain (`online_softmax`) and saves the output
-and lse. dK/dV: grid (nK, Bt·H); program (j, r) holds key block j and loops over the query
-blocks that read it, one block of B queries per step. No atomics: every program owns its
-outputs, so two runs give identical bits.
+and lse. Summary tokens, when there are any, follow the list in the same softmax, in tiles
+of `summary_tile`, each logit plus its bias. dK/dV: grid (nK, Bt·H); program (j, r) holds
+key block j and loops over the query blocks that read it, one block of B queries per step;
+the summary tokens' dK/dV: grid (S / summary_tile, Bt·H, summary_splits), each program
+looping over its split of the queries, the splits summed by the caller. No atomics: every
+program owns its outputs, so two runs give identical bits.
 
 `log2_logits` and `accumulate_dkv` are the flash pieces LLSA's kernels share.
 """
@@ -54,6 +60,9 @@ class Config(HeadRows):
     head_dim: int
     causal: bool
     chunk: int  # list slots per key tile (divides topk)
+    summary_tokens: int = 0  # S always-visible summary tokens (0: none)
+    summary_tile: int = 1  # summary tokens per tile (divides S)
+    summary_splits: int = 1  # query splits of the summary dK/dV (divides nQ)
     num_warps: int = 4
     num_stages: int = 2
     interpret: bool = False
@@ -73,18 +82,22 @@ class Config(HeadRows):
 
 
 # The fields of `Config` that `lla.attention.tuning(op, "pallas_gpu", ...)` may set.
-TUNABLE_FIELDS = ("chunk", "num_warps", "num_stages")
+TUNABLE_FIELDS = ("chunk", "summary_tile", "summary_splits", "num_warps", "num_stages")
 
 
 def make_config(block_size, topk, heads, kv_heads, q_tokens, kv_tokens, head_dim, *,
-                causal=False, interpret=False, **overrides) -> Config:
+                causal=False, summary_tokens=0, interpret=False, **overrides) -> Config:
     """Default tiling: key tiles of up to 128 keys (chunk = the largest divisor of K with
-    chunk·B <= 128); `overrides` replaces any tunable field."""
+    chunk·B <= 128); summary tiles of up to 64 tokens, their dK/dV in up to 16 query splits;
+    `overrides` replaces any tunable field."""
+    query_blocks = -(-q_tokens // block_size)
     config = Config(block_size=block_size, topk=topk, heads=heads, kv_heads=kv_heads,
-                    query_blocks=-(-q_tokens // block_size),
-                    key_blocks=-(-kv_tokens // block_size), kv_tokens=kv_tokens,
-                    head_dim=head_dim, causal=causal,
+                    query_blocks=query_blocks, key_blocks=-(-kv_tokens // block_size),
+                    kv_tokens=kv_tokens, head_dim=head_dim, causal=causal,
                     chunk=largest_divisor_at_most(topk, max(1, 128 // block_size)),
+                    summary_tokens=summary_tokens,
+                    summary_tile=largest_divisor_at_most(max(summary_tokens, 1), 64),
+                    summary_splits=largest_divisor_at_most(query_blocks, 16),
                     interpret=interpret)
     config = dataclasses.replace(config, **overrides)
     check_tiling(config)
@@ -92,10 +105,20 @@ def make_config(block_size, topk, heads, kv_heads, q_tokens, kv_tokens, head_dim
 
 
 def check_tiling(config: Config) -> None:
-    """Raises ValueError, naming the field, unless the tiling divides the shapes."""
+    """Raises ValueError, naming the fields, unless the tiling divides the shapes."""
+    problems = []
     if config.chunk < 1 or config.topk % config.chunk:
-        raise ValueError(f"sparse_flash kernels: chunk {config.chunk} must divide topk "
-                         f"{config.topk}")
+        problems.append(f"chunk {config.chunk} must divide topk {config.topk}")
+    if config.summary_tokens and config.summary_tokens % config.summary_tile:
+        problems.append(f"summary_tile {config.summary_tile} must divide the "
+                        f"{config.summary_tokens} summary tokens")
+    if config.query_blocks % config.summary_splits:
+        problems.append(f"summary_splits {config.summary_splits} must divide the "
+                        f"{config.query_blocks} query blocks")
+    if config.summary_tokens and config.causal:
+        problems.append("summary tokens are always visible: they need causal=False")
+    if problems:
+        raise ValueError("sparse_flash kernels: " + "; ".join(problems))
 
 
 def unsupported_reasons(config: Config) -> list[str]:
@@ -108,6 +131,10 @@ def unsupported_reasons(config: Config) -> list[str]:
         reasons.append(f"head_dim {config.head_dim} must be a power of two >= 16")
     if not power_of_two(config.chunk):
         reasons.append(f"chunk {config.chunk} must be a power of two")
+    if config.summary_tokens and (config.summary_tile < 16
+                                  or not power_of_two(config.summary_tile)):
+        reasons.append(f"summary tile {config.summary_tile} must be a power of two >= 16 "
+                       f"(S = {config.summary_tokens} summary tokens)")
     return reasons
 
 
@@ -157,9 +184,11 @@ def _key_mask(query_start, key_position, config: Config, mask=None):
 
 # ---- forward and dQ: the query-major sweep --------------------------------------------------
 
-def _sweep(visit, carry, blocks_ref, counts_ref, k_ref, v_ref, config: Config):
-    """carry = visit(carry, keys [M, D], values [M, D], mask [B, M] or None) over the key
-    tiles of the program's query block (M = chunk·B keys per tile)."""
+def _sweep(visit, carry, blocks_ref, counts_ref, k_ref, v_ref, summary_refs, config: Config):
+    """carry = visit(carry, keys [M, D], values [M, D], mask [B, M] or None, log2_bias) over
+    the key tiles of the program's query block (M = chunk·B keys per tile, bias 0), then over
+    the summary tiles (`summary_refs` = (keys, values, bias) refs, M = summary_tile, log2_bias
+    [1, M], no mask)."""
     size, chunk, dim = config.block_size, config.chunk, config.head_dim
     query_block = pl.program_id(0)
     count = counts_ref[query_block]
@@ -177,21 +206,32 @@ def _sweep(visit, carry, blocks_ref, counts_ref, k_ref, v_ref, config: Config):
             offsets = lax.broadcasted_iota(jnp.int32, (chunk, size), 1)
             key_position = (blocks[:, None] * size + offsets).reshape(1, width)
             mask = _key_mask(query_block * size, key_position, config, mask)
-        return visit(carry, keys, values, mask)
+        return visit(carry, keys, values, mask, 0.0)
 
-    return lax.fori_loop(0, (count + chunk - 1) // chunk, step, carry)
+    carry = lax.fori_loop(0, (count + chunk - 1) // chunk, step, carry)
+    if not config.summary_tokens:
+        return carry
+    keys_ref, values_ref, bias_ref = summary_refs
+    tile = config.summary_tile
+
+    def summary_step(t, carry):
+        tokens = pl.ds(t * tile, tile)
+        log2_bias = bias_ref[tokens].reshape(1, tile) * LOG2E
+        return visit(carry, keys_ref[tokens, :], values_ref[tokens, :], None, log2_bias)
+
+    return lax.fori_loop(0, config.summary_tokens // tile, summary_step, carry)
 
 
-def _forward_kernel(q_ref, k_ref, v_ref, blocks_ref, counts_ref, out_ref, lse_ref, *,
-                    config: Config):
+def _forward_kernel(q_ref, k_ref, v_ref, blocks_ref, counts_ref, *refs, config: Config):
+    summary_refs, (out_ref, lse_ref) = refs[:-2], refs[-2:]
     q = q_ref[...]
 
-    def visit(carry, keys, values, mask):
-        logits = log2_logits(q, keys, 0.0, config, mask)
+    def visit(carry, keys, values, mask, log2_bias):
+        logits = log2_logits(q, keys, log2_bias, config, mask)
         return online_softmax.update(carry, logits, values, plt.dot)
 
     carry = _sweep(visit, online_softmax.init(config.block_size, config.head_dim), blocks_ref,
-                   counts_ref, k_ref, v_ref, config)
+                   counts_ref, k_ref, v_ref, summary_refs, config)
     out, lse = online_softmax.finish(carry)
     out_ref[...] = out.astype(out_ref.dtype)
     lse_ref[...] = lse
@@ -211,58 +251,75 @@ def _query_major_specs(config: Config):
     return query, kv, blocks, counts, rows
 
 
+def _summary_specs(config: Config) -> list[pl.BlockSpec]:
+    """Specs of the whole summary keys, values (one kv head) and bias (one kv row) of a grid
+    row, for grids (i, row, ...); none without summary tokens."""
+    if not config.summary_tokens:
+        return []
+    tokens, dim = config.summary_tokens, config.head_dim
+    kv = pl.BlockSpec((None, tokens, None, dim),
+                      lambda i, row, *_: (config.batch(row), 0, config.kv_head(row), 0))
+    bias = pl.BlockSpec((None, None, tokens),
+                        lambda i, row, *_: (config.batch(row), config.kv_head(row), 0))
+    return [kv, kv, bias]
+
+
 def _as_blocks(x, config: Config):
     """[Bt, nK·B, Hkv, D] -> [Bt, nK, B, Hkv, D]."""
     return x.reshape(x.shape[0], config.key_blocks, config.block_size, *x.shape[2:])
 
 
-def forward(q, k, v, blocks, counts, config: Config):
-    """Output [Bt, nQ·B, H, D] in q's dtype and lse f32 [Bt·H, nQ·B] (layouts above)."""
+def forward(q, k, v, blocks, counts, summary, config: Config):
+    """Output [Bt, nQ·B, H, D] in q's dtype and lse f32 [Bt·H, nQ·B] (layouts above);
+    `summary`: (keys, values, bias) or () without summary tokens."""
     batch, tokens, heads, _ = q.shape
     query, kv, block_spec, count_spec, row_spec = _query_major_specs(config)
     return pl.pallas_call(
         functools.partial(_forward_kernel, config=config),
         grid=(config.query_blocks, batch * heads),
-        in_specs=[query, kv, kv, block_spec, count_spec],
+        in_specs=[query, kv, kv, block_spec, count_spec, *_summary_specs(config)],
         out_specs=[query, row_spec],
         out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
                    jax.ShapeDtypeStruct((batch * heads, tokens), jnp.float32)],
         compiler_params=config.compiler_params(),
         interpret=config.interpret,
         name="sparse_flash_forward",
-    )(q, _as_blocks(k, config), _as_blocks(v, config), blocks, counts)
+    )(q, _as_blocks(k, config), _as_blocks(v, config), blocks, counts, *summary)
 
 
 def _dq_kernel(q_ref, d_out_ref, lse_ref, delta_ref, k_ref, v_ref, blocks_ref, counts_ref,
-               dq_ref, *, config: Config):
+               *refs, config: Config):
+    summary_refs, dq_ref = refs[:-1], refs[-1]
     q, d_out = q_ref[...], d_out_ref[...]
     log2_lse = lse_ref[...] * LOG2E
     delta = delta_ref[...]
 
-    def visit(dq, keys, values, mask):
-        probs = jnp.exp2(log2_logits(q, keys, 0.0, config, mask) - log2_lse[:, None])
+    def visit(dq, keys, values, mask, log2_bias):
+        probs = jnp.exp2(log2_logits(q, keys, log2_bias, config, mask) - log2_lse[:, None])
         d_logits = probs * (plt.dot(d_out, values, trans_b=True) - delta[:, None])
         return dq + plt.dot(d_logits.astype(keys.dtype), keys)
 
     dq = _sweep(visit, jnp.zeros(q.shape, jnp.float32), blocks_ref, counts_ref, k_ref, v_ref,
-                config)
+                summary_refs, config)
     dq_ref[...] = (dq * config.scale).astype(dq_ref.dtype)
 
 
-def backward_dq(q, d_out, lse, delta, k, v, blocks, counts, config: Config):
+def backward_dq(q, d_out, lse, delta, k, v, blocks, counts, summary, config: Config):
     """dQ [Bt, nQ·B, H, D] in q's dtype."""
     batch, _, heads, _ = q.shape
     query, kv, block_spec, count_spec, row_spec = _query_major_specs(config)
     return pl.pallas_call(
         functools.partial(_dq_kernel, config=config),
         grid=(config.query_blocks, batch * heads),
-        in_specs=[query, query, row_spec, row_spec, kv, kv, block_spec, count_spec],
+        in_specs=[query, query, row_spec, row_spec, kv, kv, block_spec, count_spec,
+                  *_summary_specs(config)],
         out_specs=query,
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
         compiler_params=config.compiler_params(),
         interpret=config.interpret,
         name="sparse_flash_backward_dq",
-    )(q, d_out, lse, delta, _as_blocks(k, config), _as_blocks(v, config), blocks, counts)
+    )(q, d_out, lse, delta, _as_blocks(k, config), _as_blocks(v, config), blocks, counts,
+      *summary)
 
 
 # ---- backward: dK/dV, the key-major loop ----------------------------------------------------
@@ -313,3 +370,53 @@ def backward_dkv(q, d_out, lse, delta, k, v, offsets, readers, config: Config):
         interpret=config.interpret,
         name="sparse_flash_backward_dkv",
     )(q, d_out, lse, delta, k, v, offsets, readers)
+
+
+def _summary_dkv_kernel(q_ref, d_out_ref, lse_ref, delta_ref, k_ref, v_ref, bias_ref, dk_ref,
+                        dv_ref, *, config: Config):
+    keys, values = k_ref[...], v_ref[...]
+    log2_bias = bias_ref[...].reshape(1, config.summary_tile) * LOG2E
+    size = config.block_size
+    blocks_per_split = config.query_blocks // config.summary_splits
+    first = pl.program_id(2) * blocks_per_split * size
+    query_refs = (q_ref, d_out_ref, lse_ref, delta_ref)
+
+    def per_block(i, carry):
+        return accumulate_dkv(carry, first + i * size, size, query_refs, keys, values,
+                              log2_bias, config)
+
+    zeros = jnp.zeros(keys.shape, jnp.float32)
+    dk, dv = lax.fori_loop(0, blocks_per_split, per_block, (zeros, zeros))
+    dk_ref[...] = dk * config.scale
+    dv_ref[...] = dv
+
+
+def backward_summary_dkv(q, d_out, lse, delta, summary, config: Config):
+    """dK, dV f32 [Bt, S, H, D] per query head of the summary tokens (all queries)."""
+    batch, tokens, heads, dim = q.shape
+    tile, splits = config.summary_tile, config.summary_splits
+    summary_keys, summary_values, bias = summary
+
+    def query_index(j, row, s):
+        return config.batch(row), 0, config.head(row), 0
+
+    whole_query = pl.BlockSpec((None, tokens, None, dim), query_index)
+    whole_row = pl.BlockSpec((None, tokens), lambda j, row, s: (row, 0))
+    key = pl.BlockSpec((None, tile, None, dim),
+                       lambda j, row, s: (config.batch(row), j, config.kv_head(row), 0))
+    bias_spec = pl.BlockSpec((None, None, tile),
+                             lambda j, row, s: (config.batch(row), config.kv_head(row), j))
+    out = pl.BlockSpec((None, None, tile, None, dim),
+                       lambda j, row, s: (s, config.batch(row), j, config.head(row), 0))
+    dk, dv = pl.pallas_call(
+        functools.partial(_summary_dkv_kernel, config=config),
+        grid=(config.summary_tokens // tile, batch * heads, splits),
+        in_specs=[whole_query, whole_query, whole_row, whole_row, key, key, bias_spec],
+        out_specs=[out, out],
+        out_shape=[jax.ShapeDtypeStruct((splits, batch, config.summary_tokens, heads, dim),
+                                        jnp.float32)] * 2,
+        compiler_params=config.compiler_params(),
+        interpret=config.interpret,
+        name="sparse_flash_backward_summary_dkv",
+    )(q, d_out, lse, delta, summary_keys, summary_values, bias)
+    return dk.sum(0), dv.sum(0)

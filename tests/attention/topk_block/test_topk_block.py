@@ -11,6 +11,11 @@ import pytest
 
 import lla.attention as attention
 from lla.attention.topk_block import selection
+from tests.attention.block_sparse_cases import (
+    ON_GPU,
+    SparseFlashGpuCase,
+    SparseFlashInterpretCase,
+)
 from tests.attention.causality import assert_strictly_causal
 from tests.attention.op_test_base import (
     FORWARD_BOUND,
@@ -23,8 +28,6 @@ from tests.attention.topk_block.oracle import (
     topk_block_mask,
     topk_block_oracle,
 )
-
-ON_GPU = jax.default_backend() == "gpu"
 
 
 class TopkBlockTestBase(AttentionOpTestBase):
@@ -40,18 +43,8 @@ class TestTopkBlockXla(TopkBlockTestBase):
     boundary_shape = (1, 45, 45, 2, 1, 8)  # 12 blocks of 4, the last partial
 
 
-class TestTopkBlockPallasInterpret(TopkBlockTestBase):
-    """Key tiles of 2 list slots with K = 4: several tiles, the last one holding empty
-    slots for the first causal blocks; partial last blocks on the odd shapes."""
-
-    implementation = "pallas_gpu"
-    op_kwargs = dict(block_size=4, topk=4, interpret=True)  # noqa: RUF012
-    tuning = dict(chunk=2)  # noqa: RUF012
-    boundary_shape = (1, 45, 45, 2, 1, 8)
-
-    def crossed_boundaries(self, config, shape):
-        return {"several key tiles": config.topk > config.chunk,
-                "a partial last block": config.padded}
+class TestTopkBlockPallasInterpret(SparseFlashInterpretCase, TopkBlockTestBase):
+    pass
 
 
 class TestTopkBlockPallasInterpretLocal(TestTopkBlockPallasInterpret):
@@ -62,17 +55,8 @@ class TestTopkBlockPallasInterpretLocal(TestTopkBlockPallasInterpret):
     shapes = ((2, 77, 77, 3, 3, 24), (1, 64, 64, 4, 2, 16))  # self-attention only
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not ON_GPU, reason="compiled Pallas kernels need a GPU")
-class TestTopkBlockPallasGpu(TopkBlockTestBase):
-    implementation = "pallas_gpu"
-    op_kwargs = dict(block_size=64, topk=4)  # noqa: RUF012
-    shapes = ((1, 1024, 1024, 2, 2, 64), (2, 1000, 1000, 3, 3, 64), (1, 512, 768, 4, 2, 64))
-    boundary_shape = (1, 4096, 4096, 2, 1, 64)
-    dtypes = (jnp.bfloat16,)
-
-    def crossed_boundaries(self, config, shape):
-        return {"several key tiles or one full one": config.topk >= config.chunk}
+class TestTopkBlockPallasGpu(SparseFlashGpuCase, TopkBlockTestBase):
+    pass
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lla.attention.common.block_sparse import attend_blocks
+from lla.attention.common.block_sparse import Summary, attend_blocks
 from lla.attention.common.block_sparse_pallas import attend_gpu
 from lla.pallas_kernels.sparse_flash import gpu
 from tests.attention.op_test_base import random_qkv, relative_error
@@ -44,6 +44,20 @@ def table_for(shape, block_size, topk, causal, seed=0):
     return jnp.asarray(table)
 
 
+def assert_kernel_definition_dense_agree(kernel, definition, dense, args, cotangent):
+    """Outputs and VJPs (f32, highest precision): the definition equals the dense oracle and
+    the kernel equals the definition, to 1e-5 relative."""
+    with jax.default_matmul_precision("highest"):
+        runs = [jax.vjp(fn, *args) for fn in (kernel, definition, dense)]
+    (got, got_vjp), (want, want_vjp), (oracle, oracle_vjp) = runs
+    assert relative_error(want, oracle) < 1e-5
+    assert relative_error(got, want) < 1e-5
+    for got_grad, want_grad, oracle_grad in zip(got_vjp(cotangent), want_vjp(cotangent),
+                                                oracle_vjp(cotangent), strict=True):
+        assert relative_error(want_grad, oracle_grad) < 1e-5
+        assert relative_error(got_grad, want_grad) < 1e-5
+
+
 @pytest.mark.parametrize(
     ("shape", "block_size", "topk", "causal", "chunk"),
     [
@@ -60,18 +74,10 @@ def test_kernels_match_the_definition_on_random_tables(shape, block_size, topk, 
                              shape[5], causal=causal, interpret=True, chunk=chunk)
     cotangent = jax.random.normal(jax.random.key(3), q.shape)
     mask = block_mask(np.asarray(indices), shape[1], shape[2], block_size, causal)
-    with jax.default_matmul_precision("highest"):
-        runs = [jax.vjp(fn, q, k, v) for fn in (
-            lambda *x: attend_gpu(*x, indices, config),
-            lambda *x: attend_blocks(*x, indices, block_size=block_size, causal=causal),
-            lambda *x: masked_dense_attention(*x, mask))]
-    (kernel, kernel_vjp), (definition, definition_vjp), (dense, dense_vjp) = runs
-    assert relative_error(definition, dense) < 1e-5
-    assert relative_error(kernel, definition) < 1e-5
-    for got, want, oracle in zip(kernel_vjp(cotangent), definition_vjp(cotangent),
-                                 dense_vjp(cotangent), strict=True):
-        assert relative_error(want, oracle) < 1e-5
-        assert relative_error(got, want) < 1e-5
+    assert_kernel_definition_dense_agree(
+        lambda *x: attend_gpu(*x, indices, config),
+        lambda *x: attend_blocks(*x, indices, block_size=block_size, causal=causal),
+        lambda *x: masked_dense_attention(*x, mask), (q, k, v), cotangent)
 
 
 def test_all_blocks_listed_is_dense():
@@ -87,3 +93,68 @@ def test_all_blocks_listed_is_dense():
 def test_tiling_errors_name_the_field():
     with pytest.raises(ValueError, match="chunk 3 must divide topk 4"):
         gpu.make_config(16, 4, 2, 2, 64, 64, 16, chunk=3)
+    with pytest.raises(ValueError, match="summary_tile 4 must divide the 6 summary tokens"):
+        gpu.make_config(16, 4, 2, 2, 64, 64, 16, summary_tokens=6, summary_tile=4)
+    with pytest.raises(ValueError, match="summary tokens are always visible"):
+        gpu.make_config(16, 4, 2, 2, 64, 64, 16, summary_tokens=2, causal=True)
+
+
+def dense_with_summary(q, k, v, mask, summary: Summary):
+    """Dense softmax over the masked keys and every summary token (its bias added)."""
+    heads, kv_heads = q.shape[2], k.shape[2]
+    keys = jnp.repeat(jnp.concatenate([k, summary.keys], 1), heads // kv_heads, axis=2)
+    values = jnp.repeat(jnp.concatenate([v, summary.values], 1), heads // kv_heads, axis=2)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, keys) * q.shape[-1] ** -0.5
+    bias = jnp.repeat(summary.bias, heads // kv_heads, axis=2).transpose(0, 2, 1)
+    logits = jnp.concatenate([jnp.where(mask, logits[..., :k.shape[1]], -jnp.inf),
+                              logits[..., k.shape[1]:] + bias[:, :, None]], axis=-1)
+    return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, -1), values)
+
+
+def random_summary(batch, tokens, kv_heads, dim, seed=4):
+    keys = jax.random.split(jax.random.key(seed), 3)
+    return Summary(jax.random.normal(keys[0], (batch, tokens, kv_heads, dim)),
+                   jax.random.normal(keys[1], (batch, tokens, kv_heads, dim)),
+                   jnp.log(jax.random.randint(keys[2], (batch, tokens, kv_heads), 1, 9)
+                           .astype(jnp.float32)))
+
+
+@pytest.mark.parametrize(("shape", "summary_tokens", "tuning"), [
+    ((1, 45, 45, 4, 2, 8), 6, dict(summary_tile=2, summary_splits=3, chunk=2)),
+    ((2, 30, 30, 2, 2, 8), 5, {}),
+])
+def test_summary_tokens_join_the_softmax(shape, summary_tokens, tuning):
+    """K2: always-visible summary tokens with their bias, in the kernels (several summary
+    tiles and dK/dV splits), the definition and dense attention over keys + summaries."""
+    q, k, v = random_qkv(shape)
+    summary = random_summary(shape[0], summary_tokens, shape[4], shape[5])
+    indices = table_for(shape, 4, 4, False)
+    config = gpu.make_config(4, 4, shape[3], shape[4], shape[1], shape[2], shape[5],
+                             summary_tokens=summary_tokens, interpret=True, **tuning)
+    mask = block_mask(np.asarray(indices), shape[1], shape[2], 4, False)
+    cotangent = jax.random.normal(jax.random.key(3), q.shape)
+    assert_kernel_definition_dense_agree(
+        lambda q, k, v, sk, sv: attend_gpu(q, k, v, indices, config,
+                                           Summary(sk, sv, summary.bias)),
+        lambda q, k, v, sk, sv: attend_blocks(q, k, v, indices, block_size=4,
+                                              summary=Summary(sk, sv, summary.bias)),
+        lambda q, k, v, sk, sv: dense_with_summary(q, k, v, mask,
+                                                   Summary(sk, sv, summary.bias)),
+        (q, k, v, summary.keys, summary.values), cotangent)
+
+
+def test_a_constant_group_equals_its_summary_with_log_count_bias():
+    """K2's identity: keys and values constant over each of the last 4 blocks; listing only
+    the first 4 blocks and adding each constant block as one summary token with bias ln 4
+    gives dense attention over all 32 tokens."""
+    q, k, v = random_qkv((1, 32, 32, 2, 1, 8))
+    k = k.at[:, 16:].set(jnp.repeat(k[:, 16::4], 4, axis=1))
+    v = v.at[:, 16:].set(jnp.repeat(v[:, 16::4], 4, axis=1))
+    summary = Summary(k[:, 16::4], v[:, 16::4], jnp.full((1, 4, 1), np.log(4.0)))
+    indices = jnp.broadcast_to(jnp.arange(4, dtype=jnp.int32), (1, 2, 8, 4))
+    config = gpu.make_config(4, 4, 2, 1, 32, 32, 8, summary_tokens=4, interpret=True)
+    with jax.default_matmul_precision("highest"):
+        dense = masked_dense_attention(q, k, v, np.ones((32, 32), bool))
+        for out in (attend_blocks(q, k, v, indices, block_size=4, summary=summary),
+                    attend_gpu(q, k, v, indices, config, summary)):
+            assert relative_error(out, dense) < 1e-5
