@@ -5,16 +5,17 @@
     attn.names(); attn.get("dense")            # registry: capabilities and implementations
     order = attn.token_order.for_op("llsa", (256, 256))   # how a model feeds grid tokens
 
-One folder per op (`dense/`, `llsa/`, `neighborhood/`, `topk_block/`, `vsa/`): the public
-function and its registration in `__init__.py`, the "xla" reference in `reference.py`, one
-file per other implementation named as it is (`cudnn.py`, `pallas_gpu.py`, `pallas_tpu.py`).
-Shared pieces are in `common/`. This file is the explicit list of public ops: a new op adds
-one import.
+One folder per op (`dense/`, `llsa/`, `neighborhood/`, `topk_block/`, `vsa/`, `asa/`; `asa/`
+registers two, "asa" and "asa_gt"): the public function and its registration in
+`__init__.py`, the "xla" reference in `reference.py`, one file per other implementation
+named as it is (`cudnn.py`, `pallas_gpu.py`, `pallas_tpu.py`). Shared pieces are in
+`common/`. This file is the explicit list of public ops: a new op adds one import.
 Here `lla.attention.llsa` and `lla.attention.neighborhood` are the op functions, which
 shadow their folders as attributes: reach a folder's modules with from-imports
 (`from lla.attention.llsa import reference`).
 """
 
+from lla.attention.asa import asa, asa_gt
 from lla.attention.common import token_order
 from lla.attention.common.partials import merge_partials
 from lla.attention.dense import dot_product_attention
@@ -41,6 +42,8 @@ __all__ = [
     "Implementation",
     "NoImplementationError",
     "Tunable",
+    "asa",
+    "asa_gt",
     "dispatch_log",
     "dot_product_attention",
     "get",

@@ -47,14 +47,6 @@ class TestTopkBlockPallasInterpret(SparseFlashInterpretCase, TopkBlockTestBase):
     pass
 
 
-class TestTopkBlockPallasInterpretLocal(TestTopkBlockPallasInterpret):
-    """The diagonal block forced in, one slot per key tile."""
-
-    op_kwargs = dict(block_size=4, topk=3, local=True, interpret=True)  # noqa: RUF012
-    tuning = dict(chunk=1)  # noqa: RUF012
-    shapes = ((2, 77, 77, 3, 3, 24), (1, 64, 64, 4, 2, 16))  # self-attention only
-
-
 class TestTopkBlockPallasGpu(SparseFlashGpuCase, TopkBlockTestBase):
     pass
 
