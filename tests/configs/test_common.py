@@ -27,7 +27,7 @@ def test_parse_errors_say_what_would_work(arg, message):
 
 def test_attention_takes_the_registered_defaults():
     assert common.attention("llsa") == ("llsa", {"block_size": 16, "topk": 8})
-    with pytest.raises(ValueError, match="attention=flash: choose one of dense, "):
+    with pytest.raises(ValueError, match="attention=flash: choose one of asa, asa_gt, dense, "):
         common.attention("flash")
 
 
