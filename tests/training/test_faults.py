@@ -335,7 +335,7 @@ def test_a_non_finite_loss_stops_before_saving_or_is_skipped(tmp_path):
     ("--config.batch_size=0", "config.batch_size must be an int >= 1; got 0"),
     ("--config.total_steps=-1", "config.total_steps must be an int >= 1; got -1"),
     ("--config.data.name=image_folder", "image_folder needs a path"),
-    ("--config.model.attention=lsa", "no attention op 'lsa'; registered: dense"),
+    ("--config.model.attention=lsa", "no attention op 'lsa'; registered: asa, asa_gt, dense,"),
 ])
 def test_the_command_line_refuses_bad_configs_before_making_the_workdir(tmp_path, override,
                                                                          message):
