@@ -41,7 +41,7 @@ from typing import Any
 import jax
 import numpy as np
 
-TOKEN_ORDERS = ("any", "hierarchy", "grid")
+TOKEN_ORDERS = ("any", "hierarchy", "gilbert", "grid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +62,9 @@ class Capabilities:
         "any"       the result does not depend on the token order (dense attention);
         "hierarchy" the op pools runs of consecutive tokens, so runs must be spatially
                     compact: Z-order on 2-D and 3-D grids, the natural order in 1-D (LLSA);
+        "gilbert"   the op cuts the tokens into blocks of consecutive tokens, which must be
+                    compact regions for any grid size: the generalized Hilbert ("Gilbert")
+                    curve on 2-D and 3-D grids, the natural order in 1-D (ASA);
         "grid"      row-major (raster) order, with the grid passed as `spatial_shape`
                     (neighbourhood attention).
       segments: supports `segment_ids` (packed variable-length sequences).

@@ -6,13 +6,22 @@
 As in the LLSA paper's pixel DiT (arXiv 2512.16615): patchify (patch size 1 = one token per
 pixel) and a linear projection; tokens permuted once at the input and back once at the output
 into the order the attention op asks for (`lla.attention.token_order`: Z-order for
-hierarchical ops such as LLSA, so consecutive tokens are spatially close; raster order plus
-`spatial_shape` for ops on token grids such as "neighborhood"), so no layer permutes;
+hierarchical ops such as LLSA and a Gilbert curve for ASA, so consecutive tokens are
+spatially close; raster order plus `spatial_shape` for ops on token grids such as
+"neighborhood"), so no layer permutes;
 blocks of adaLN-Zero self-attention (q, k, v, out with bias; per-head RMS qk-norm; 2-D RoPE,
 half of each head's dims per axis, positions permuted with the tokens) and a GELU-tanh MLP;
 a final adaLN-modulated, zero-initialised projection. Timesteps (and optional class labels,
 with label dropout for classifier-free guidance) condition every block through one shared
 embedder (the published model gives each block its own timestep embedder).
+
+SSA alignment training (`lla.objectives.alignment`): with `full_mode` (a bool scalar, drawn
+once per step) every attention layer also runs dense attention on its q, k, v, sows both
+outputs into the "alignment" collection and passes on the dense one in full mode, the op's in
+sparse mode:
+
+    velocity, sown = model.apply(params, images, timesteps, full_mode=full,
+                                 mutable=["alignment"])
 """
 
 from __future__ import annotations
@@ -50,12 +59,12 @@ class DiTBlock(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, condition, rope):
+    def __call__(self, x, condition, rope, full_mode=None):
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = AdaLNModulation(
             self.width, 6, dtype=self.dtype, name="modulation")(condition)
         attended = Attention(self.num_heads, self.attention, self.attention_kwargs,
                              dtype=self.dtype, name="attention")(
-            modulate(layer_norm(x), shift_a, scale_a), rope)
+            modulate(layer_norm(x), shift_a, scale_a), rope, full_mode)
         x = x + gate_a[:, None] * attended
         mlp = Mlp(self.width, self.mlp_ratio, dtype=self.dtype, name="mlp")
         return x + gate_m[:, None] * mlp(modulate(layer_norm(x), shift_m, scale_m))
@@ -87,7 +96,8 @@ class DiT(nn.Module):
       label_dropout: probability of dropping a label in training (rng "label_dropout").
       attention, attention_kwargs: a registered op name and its static keyword arguments;
         the token order and spatial arguments come from the op (`token_order.for_op`).
-      raster_order: feed raster-order tokens even to hierarchical ops (an ablation).
+      raster_order: feed raster-order tokens even to hierarchy and Gilbert ops (an
+        ablation).
       dtype: compute dtype (parameters stay float32).
     """
 
@@ -126,7 +136,15 @@ class DiT(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, timesteps: jax.Array,
-                 labels: jax.Array | None = None, *, train: bool = False) -> jax.Array:
+                 labels: jax.Array | None = None, *, train: bool = False,
+                 full_mode: jax.Array | bool | None = None) -> jax.Array:
+        """images [B, H, W, C], timesteps f32 [B], labels int [B] (class-conditional models)
+        -> velocity float32 [B, H, W, C].
+
+        train: drop labels (rng "label_dropout"). full_mode: None runs the configured op
+        alone; a bool scalar turns on SSA alignment (`lla.layers.attention.align_with_dense`
+        in every block; the dense output passed on where true, the op's where false).
+        """
         self._check(images, timesteps, labels)
         order = self.token_order()
         rope = rope_2d(order.positions.astype(np.float64), self.width // self.num_heads,
@@ -143,7 +161,7 @@ class DiT(nn.Module):
         for index in range(self.depth):
             x = DiTBlock(self.width, self.num_heads, self.attention, op_kwargs,
                          self.mlp_ratio, dtype=self.dtype, name=f"block{index}")(
-                x, condition, rope)
+                x, condition, rope, full_mode)
         shift, scale = AdaLNModulation(self.width, 2, dtype=self.dtype,
                                        name="final_modulation")(condition)
         x = modulate(layer_norm(x), shift, scale)

@@ -199,8 +199,8 @@ class ViT(nn.Module):
         if self.pooling == "cls" and op_order != "any":
             raise ValueError(
                 f"ViT: pooling='cls' adds a class token, which has no place in the token "
-                f"{op_order} of attention {self.attention!r} (it attends over image tokens "
-                f"only); use pooling='gap', or an op whose token order is 'any' such as "
+                f"order {op_order!r} of attention {self.attention!r} (it attends over image "
+                f"tokens only); use pooling='gap', or an op whose token order is 'any' such as "
                 f"'dense'")
 
 

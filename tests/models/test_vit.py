@@ -295,10 +295,10 @@ def test_models_are_found_by_name():
     ({"width": 24, "num_heads": 4}, (2, 8, 8, 3), r"positions='rope' needs width / "
      r"num_heads divisible by 4 .*got width 24, num_heads 4.*positions='learned'"),
     ({"pooling": "cls", "attention": "neighborhood"}, (2, 8, 8, 3),
-     r"pooling='cls' adds a class token, which has no place in the token grid of attention "
-     r"'neighborhood'.*use pooling='gap'"),
-    ({"pooling": "cls", "attention": "llsa"}, (2, 8, 8, 3), r"token hierarchy of attention "
-                                                            r"'llsa'.*use pooling='gap'"),
+     r"pooling='cls' adds a class token, which has no place in the token order 'grid' of "
+     r"attention 'neighborhood'.*use pooling='gap'"),
+    ({"pooling": "cls", "attention": "llsa"}, (2, 8, 8, 3), r"token order 'hierarchy' of "
+                                                            r"attention 'llsa'.*pooling='gap'"),
     ({"attention": TOY_SEQUENCE}, (2, 8, 8, 3), f"'{TOY_SEQUENCE}' takes 1-D token grids"),
 ])
 def test_bad_inputs_say_what_would_work(fields, shape, message):
