@@ -16,13 +16,21 @@ Variants, `configs/llsa_pixel.py:key=value,...`:
   attention=llsa|dense|neighborhood|<op>
                              any registered op (`lla.attention.names()`) with its
                              `default_kwargs` (llsa: block 16, top-8; neighborhood: 13 x 13;
-                             topk_block: block 16, top-32; vsa: tile 64, top-32; at
-                             res=128 and 256 both take block 16 and LLSA Table 2's K, 20
-                             and 32, as LLSA ran its baselines)
+                             topk_block: block 16, top-32; vsa: tile 64, top-32; sla:
+                             block 64, 20 % critical; at res=128 and 256 all three take
+                             block 16 and LLSA Table 2's K, 20 and 32 (sla: K of the
+                             res^2 / 16 key blocks critical), as LLSA ran its baselines)
   data=procedural|fashion_mnist|image_folder|tfds:<name>
                              fashion_mnist reads data/fashion-mnist (scripts/
                              fetch_fashion_mnist.sh); image_folder reads --config.data.kwargs.path
   model=tiny|S|B             DiT preset
+  alignment=<α>              SSA alignment training (`lla.objectives.alignment`): every
+                             layer also runs dense attention, each step runs full or sparse
+                             with p = 0.5, loss + α · SmoothL1 alignment (SSA: α = 10);
+                             sampling stays sparse; logs task_loss, alignment/loss and
+                             alignment/full_mode. 0 (default) is off. E.g.
+    python -m experiments.train --config=configs/llsa_pixel.py:alignment=10 \
+        --workdir=workdirs/llsa_pixel_ssa
 
 Measured (experiments/results/nvidia_h200/, jax 0.11.2):
   :res=64,data=fashion_mnist,model=S,attention=llsa|dense with --config.model.dtype=bfloat16
@@ -44,7 +52,8 @@ import ml_collections
 from configs import common
 from lla import models
 
-DEFAULTS = {"res": 32, "attention": "llsa", "data": "procedural", "model": None}
+DEFAULTS = {"res": 32, "attention": "llsa", "data": "procedural", "model": None,
+            "alignment": 0.0}
 # LLSA's Table 2 runs its block-sparse baselines with blocks of 16 and larger K than LLSA's 8.
 TOPK_BASELINES = ("topk_block", "vsa")
 TOPK_BASELINE = {128: 20, 256: 32}
@@ -60,6 +69,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     attention, attention_kwargs = common.attention(options["attention"])
     if attention in TOPK_BASELINES and resolution in TOPK_BASELINE:
         attention_kwargs.update(block_size=16, topk=TOPK_BASELINE[resolution])
+    if attention == "sla" and resolution in TOPK_BASELINE:  # K of the res^2 / 16 blocks
+        attention_kwargs.update(block_size=16,
+                                critical=TOPK_BASELINE[resolution] / (resolution ** 2 // 16))
 
     config = ml_collections.ConfigDict()
     config.seed = 0
@@ -84,7 +96,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         name="flow_matching",
         noise_scale=0.0,  # 0: the resolution rule, max(1, res / 64)
         class_conditional=False,
-        sample_count=16, sample_steps=20, guidance_scale=1.0))
+        sample_count=16, sample_steps=20, guidance_scale=1.0,
+        **common.alignment(options["alignment"], attention)))
 
     config.model = ml_collections.ConfigDict(dict(
         name="dit", preset=preset, patch_size=1, attention=attention,

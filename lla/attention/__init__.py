@@ -5,9 +5,9 @@
     attn.names(); attn.get("dense")            # registry: capabilities and implementations
     order = attn.token_order.for_op("llsa", (256, 256))   # how a model feeds grid tokens
 
-One folder per op (`dense/`, `llsa/`, `neighborhood/`, `topk_block/`, `vsa/`, `asa/`; `asa/`
-registers two, "asa" and "asa_gt"): the public function and its registration in
-`__init__.py`, the "xla" reference in `reference.py`, one file per other implementation
+One folder per op (`dense/`, `llsa/`, `neighborhood/`, `topk_block/`, `vsa/`, `sla/`,
+`asa/`; `asa/` registers two, "asa" and "asa_gt"): the public function and its registration
+in `__init__.py`, the "xla" reference in `reference.py`, one file per other implementation
 named as it is (`cudnn.py`, `pallas_gpu.py`, `pallas_tpu.py`). Shared pieces are in
 `common/`. This file is the explicit list of public ops: a new op adds one import.
 Here `lla.attention.llsa` and `lla.attention.neighborhood` are the op functions, which
@@ -33,6 +33,7 @@ from lla.attention.registry import (
     register,
     tuning,
 )
+from lla.attention.sla import sla
 from lla.attention.topk_block import topk_block
 from lla.attention.vsa import vsa
 
@@ -52,6 +53,7 @@ __all__ = [
     "names",
     "neighborhood",
     "register",
+    "sla",
     "token_order",
     "topk_block",
     "tuning",

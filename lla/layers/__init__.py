@@ -11,6 +11,7 @@ from lla.layers.attention import Attention, RMSNorm
 from lla.layers.embeddings import LabelEmbedder, TimestepEmbedder, timestep_features
 from lla.layers.mlp import Mlp, SwiGLU
 from lla.layers.rope import apply_rope, rope_1d, rope_2d, rope_3d
+from lla.layers.sparse_linear import SparseLinearAttention
 
 __all__ = [
     "AdaLNModulation",
@@ -18,6 +19,7 @@ __all__ = [
     "LabelEmbedder",
     "Mlp",
     "RMSNorm",
+    "SparseLinearAttention",
     "SwiGLU",
     "TimestepEmbedder",
     "apply_rope",

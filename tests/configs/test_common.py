@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from configs import common, llsa_pixel
+from lla.training.experiment import Experiment
 
 
 def test_parse_converts_to_the_defaults_types():
@@ -40,7 +41,20 @@ def test_llsa_pixel_variants():
         for name in ("topk_block", "vsa"):
             kwargs = llsa_pixel.get_config(f"res={res},attention={name}").model.attention_kwargs
             assert dict(kwargs) == {"block_size": 16, "topk": topk}
+        kwargs = llsa_pixel.get_config(f"res={res},attention=sla").model.attention_kwargs
+        assert kwargs.block_size == 16 and int(kwargs.critical * res ** 2 / 16) == topk
     with pytest.raises(ValueError, match="res=48: choose one of 32, 64"):
         llsa_pixel.get_config("res=48")
     with pytest.raises(ValueError, match="model=XL: choose one of tiny, S, B"):
         llsa_pixel.get_config("model=XL")
+
+
+def test_llsa_pixel_alignment_variant_sets_the_objectives_ssa_fields():
+    assert llsa_pixel.get_config().objective.alignment_weight == 0.0  # off by default
+    objective = Experiment.from_config(llsa_pixel.get_config("alignment=10")).objective
+    assert (objective.alignment_weight, objective.alignment_full_probability) == (10.0, 0.5)
+    assert objective.alignment.enabled
+    with pytest.raises(ValueError, match="attention=dense is dense already"):
+        llsa_pixel.get_config("attention=dense,alignment=10")
+    with pytest.raises(ValueError, match=r"alignment=-1\.0: use 0"):
+        llsa_pixel.get_config("alignment=-1")
