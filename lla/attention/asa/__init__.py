@@ -10,15 +10,15 @@ mean-pooled over windows of `pool` tokens, always visible with logit bias ln(win
 same softmax (seed-papers K2). Selection has no gradient; ASA_GT's k and v also get
 gradients through the pooling.
 
-Token order: the paper orders video tokens along a 3-D Gilbert curve so that blocks are
-compact; lla has no Gilbert order yet, so both ops declare "hierarchy" (Z-order: compact
-power-of-two tiles) and models feed Z-order. The prober's samples are drawn once from
+Token order: "gilbert". As in the paper, models feed 2-D and 3-D grids along the generalized
+Hilbert curve (`lla.attention.token_order.gilbert_3d`), so that a block of B consecutive
+tokens is a compact, connected region of the image or video for any grid size, not only
+powers of two (e.g. 21 x 30 x 52 latents). The prober's samples are drawn once from
 `seed` (static), so a call is deterministic. `min_keep` and `max_keep` are lla's defaults
 (the spec names the clamps but not their values).
 
-Implementations: "pallas_gpu" (both: the sparse-flash kernels, ASA_GT's global tokens as
-their summary tokens), "pallas_tpu" (ASA only; the TPU kernels have no summary tokens yet),
-"xla" (both, `reference.py`).
+Implementations: "pallas_gpu" and "pallas_tpu" (both: the sparse-flash kernels, ASA_GT's
+global tokens as their summary tokens), "xla" (both, `reference.py`).
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ def asa(
     """Adaptive block-sparse attention with a sampled-token prober.
 
     Args:
-      q: [B, Nq, H, D] float32, bfloat16 or float16, tokens in hierarchy order.
+      q: [B, Nq, H, D] float32, bfloat16 or float16, tokens in Gilbert-curve order
+        (`lla.attention.token_order.for_op("asa", grid)`).
       k, v: [B, Nk, Hkv, D], Hkv dividing H.
       block_size: tokens per query and key block.
       samples: tokens sampled per block by the prober.
@@ -87,7 +88,7 @@ def asa_gt(
 ) -> jax.Array:
     """`asa` plus always-visible global tokens: keys and values mean-pooled over windows of
     `pool` tokens, logit bias ln(window size). Arguments as `asa`; implementations
-    "pallas_gpu" and "xla"."""
+    "pallas_gpu", "pallas_tpu" and "xla"."""
     static = _check("asa_gt", q, k, v, block_size, samples, tau, min_keep, max_keep, seed,
                     interpret)
     static["pool"] = check_int("asa_gt", "pool", pool, 1)
@@ -118,13 +119,13 @@ def _check(op, q, k, v, block_size, samples, tau, min_keep, max_keep, seed, inte
                 interpret=check_flag(op, "interpret", interpret))
 
 
-CAPABILITIES = registry.Capabilities(token_order="hierarchy", gqa=True)
+CAPABILITIES = registry.Capabilities(token_order="gilbert", gqa=True)
 
 ASA = registry.register(registry.AttentionOp(
     name="asa",
     fn=asa,
     capabilities=CAPABILITIES,
-    implementations=(pallas_gpu.ASA, pallas_tpu.IMPLEMENTATION,
+    implementations=(pallas_gpu.ASA, pallas_tpu.ASA,
                      registry.Implementation("xla", reference.asa_xla)),
     summary="Video-BLADE ASA: sampled-token prober, blocks up to a cumulative mass tau",
     default_kwargs={"block_size": 128},
@@ -135,7 +136,8 @@ ASA_GT = registry.register(registry.AttentionOp(
     name="asa_gt",
     fn=asa_gt,
     capabilities=CAPABILITIES,
-    implementations=(pallas_gpu.ASA_GT, registry.Implementation("xla", reference.asa_gt_xla)),
+    implementations=(pallas_gpu.ASA_GT, pallas_tpu.ASA_GT,
+                     registry.Implementation("xla", reference.asa_gt_xla)),
     summary="ASA plus always-visible mean-pooled global tokens with bias ln n (ASA_GT)",
     default_kwargs={"block_size": 128, "pool": 128},
     example_kwargs={"block_size": 4, "samples": 2, "tau": 0.6, "max_keep": 0.5, "pool": 4},

@@ -42,11 +42,12 @@ class TestAsaPallasGpu(SparseFlashGpuCase, AsaTestBase):
     ("asa", "pallas_gpu", (2, 45, 45, 4, 2, 8), dict(chunk=1)),
     ("asa_gt", "pallas_gpu", (2, 45, 45, 4, 2, 8), dict(chunk=1, summary_tile=5)),
     ("asa", "pallas_tpu", (1, 22, 22, 2, 1, 8), None),
+    ("asa_gt", "pallas_tpu", (1, 22, 22, 2, 1, 8), None),
 ])
 def test_pallas_interpret_matches_oracle(op, implementation, shape, tuning):
     """The kernels in interpret mode (TPU: NaN-poisoned buffers): lists of varying length,
     GQA, a partial last block; asa_gt's global tokens over windows of 3 (a partial last
-    window) in three summary tiles."""
+    window), in three summary tiles on GPU and two summary blocks on TPU."""
     q, k, v = random_qkv(shape)
     static = dict(block_size=4, samples=2, tau=0.6, max_keep=0.5)
     oracle_static = dict(static)

@@ -126,16 +126,22 @@ def random_summary(batch, tokens, kv_heads, dim, seed=4):
 def test_summary_tokens_join_the_softmax(shape, summary_tokens, tuning):
     """K2: always-visible summary tokens with their bias, in the kernels (several summary
     tiles and dK/dV splits), the definition and dense attention over keys + summaries."""
-    q, k, v = random_qkv(shape)
-    summary = random_summary(shape[0], summary_tokens, shape[4], shape[5])
-    indices = table_for(shape, 4, 4, False)
     config = gpu.make_config(4, 4, shape[3], shape[4], shape[1], shape[2], shape[5],
                              summary_tokens=summary_tokens, interpret=True, **tuning)
+    assert_summary_tokens_join_the_softmax(attend_gpu, config, shape, summary_tokens)
+
+
+def assert_summary_tokens_join_the_softmax(attend, config, shape, summary_tokens):
+    """`attend(q, k, v, indices, config, summary)` (blocks of 4, K = config.topk) on a
+    random table and random summaries: against the definition and dense attention."""
+    q, k, v = random_qkv(shape)
+    summary = random_summary(shape[0], summary_tokens, shape[4], shape[5])
+    indices = table_for(shape, 4, config.topk, False)
     mask = block_mask(np.asarray(indices), shape[1], shape[2], 4, False)
     cotangent = jax.random.normal(jax.random.key(3), q.shape)
     assert_kernel_definition_dense_agree(
-        lambda q, k, v, sk, sv: attend_gpu(q, k, v, indices, config,
-                                           Summary(sk, sv, summary.bias)),
+        lambda q, k, v, sk, sv: attend(q, k, v, indices, config,
+                                       Summary(sk, sv, summary.bias)),
         lambda q, k, v, sk, sv: attend_blocks(q, k, v, indices, block_size=4,
                                               summary=Summary(sk, sv, summary.bias)),
         lambda q, k, v, sk, sv: dense_with_summary(q, k, v, mask,
