@@ -51,3 +51,20 @@ def attention(name: str) -> tuple[str, dict]:
     """(name, the op's default keyword arguments) of a registered attention op."""
     choose("attention", name, lla.attention.names())
     return name, dict(lla.attention.get(name).default_kwargs)
+
+
+def alignment(weight: float, attention_name: str) -> dict[str, float]:
+    """The objective's SSA alignment fields (`lla.objectives.alignment`) for the config
+    argument `alignment=<α>`: {"alignment_weight": α, "alignment_full_probability": 0.5}.
+    α = 0 is off; SSA trains with 10.
+
+    Raises:
+      ValueError: α < 0, or α > 0 with dense attention (nothing sparse to align).
+    """
+    if weight < 0:
+        raise ValueError(f"alignment={weight}: use 0 (off) or a positive weight, e.g. 10")
+    if weight and attention_name == "dense":
+        raise ValueError(f"alignment={weight} aligns a sparse op with dense attention; "
+                         f"attention=dense is dense already: choose a sparse op, e.g. "
+                         f"attention=llsa")
+    return {"alignment_weight": float(weight), "alignment_full_probability": 0.5}

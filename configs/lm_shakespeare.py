@@ -22,6 +22,13 @@ Variants, `configs/lm_shakespeare.py:key=value,...`:
                                chunks from 2^(log2(context) - 3) (CPU) or 2^6 up to
                                `context`, variable batch x length at constant tokens per step,
                                the Grow-P2 curriculum over 8 cycles (`lla.data.text`)
+  alignment=<α>                SSA alignment training with a causal sparse op
+                               (`lla.objectives.alignment`): every block also runs dense
+                               causal attention, each step runs full or sparse with p = 0.5,
+                               loss + α · SmoothL1 alignment (SSA: α = 10); evaluation and
+                               sampling stay sparse. 0 (default) is off. E.g.
+    python -m experiments.train --workdir=workdirs/lm_ssa \
+        --config=configs/lm_shakespeare.py:attention=llsa,alignment=10
 
 Measured on one H200 (jax 0.11.2, experiments/results/nvidia_h200/lm_shakespeare/):
   :data=shakespeare --config.data.kwargs.document_masking=False (concat-and-chunk), LM-S,
@@ -56,7 +63,7 @@ from configs import common
 from lla import models
 
 DEFAULTS = {"data": "procedural", "attention": "dense", "model": None, "context": 0,
-            "dd": False, "vocab": 256}
+            "dd": False, "vocab": 256, "alignment": 0.0}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -109,7 +116,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.objective = ml_collections.ConfigDict(dict(
         name="next_token", eval_windows=256 if full_size else 64, eval_batch_size=8,
         sample_count=2, sample_length=400 if full_size else 200, sample_prompt="\n",
-        temperature=0.8, top_k=0, top_p=0.95))
+        temperature=0.8, top_k=0, top_p=0.95,
+        **common.alignment(options["alignment"], attention)))
 
     config.model = ml_collections.ConfigDict(dict(
         name="lm", preset=preset, attention=attention, attention_kwargs=attention_kwargs,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -12,6 +12,43 @@ import jax.numpy as jnp
 import lla.attention as attention
 from lla.attention import token_order
 from lla.layers.rope import apply_rope
+from lla.layers.sparse_linear import SparseLinearAttention
+
+# Ops with parameters of their own (DESIGN §2): the linen module that owns them and calls the
+# op, `module(name=op)(q, k, v, **op_kwargs)`.
+OP_MODULES: Mapping[str, type[nn.Module]] = {"sla": SparseLinearAttention}
+
+# The collection `align_with_dense` sows into: `model.apply(..., mutable=[ALIGNMENT])`.
+ALIGNMENT = "alignment"
+# Masking arguments an op and dense attention share; the dense branch of the alignment gets them.
+DENSE_MASKING = ("causal", "causal_block_size", "segment_ids")
+
+
+class AlignedOutputs(NamedTuple):
+    """One attention layer's outputs on the same q, k, v, as `align_with_dense` sows them:
+    `full` from dense attention (O_f), `sparse` from the layer's op (O_s), each
+    [B, N, H, D] in the op's token order."""
+
+    full: jax.Array
+    sparse: jax.Array
+
+
+def align_with_dense(module: nn.Module, q: jax.Array, k: jax.Array, v: jax.Array,
+                     sparse: jax.Array, full_mode: jax.Array | bool,
+                     **masking) -> jax.Array:
+    """SSA's two forward modes (`lla.objectives.alignment`): dense attention on the same q, k, v
+    as the sparse op, both outputs sown, one passed on.
+
+    q [B, N, H, D], k, v [B, N, Hkv, D]; sparse [B, N, H, D] is the op's output on them.
+    Computes full = `dot_product_attention(q, k, v, **masking)` (masking: the op's causal,
+    causal_block_size, segment_ids), sows `AlignedOutputs(full, sparse)` into the collection
+    `ALIGNMENT` of `module` (name "outputs", one entry per call) and returns full where
+    `full_mode` (a bool scalar, the step's mode) is true, else sparse: the task gradient then
+    flows through the passed-on branch only.
+    """
+    full = attention.dot_product_attention(q, k, v, **masking)
+    module.sow(ALIGNMENT, "outputs", AlignedOutputs(full, sparse))
+    return jnp.where(full_mode, full, sparse)
 
 
 class RMSNorm(nn.Module):
@@ -34,7 +71,14 @@ class Attention(nn.Module):
     e.g. [B, H, W, C] or [B, T, H, W, C]: the layer feeds the tokens in the op's order and
     passes its spatial arguments, `lla.attention.token_order`) -> the same shape. Steps:
     q, k, v projections (with bias), per-head RMS qk-norm, optional RoPE, the op called with
-    `op_kwargs`, the output projection.
+    `op_kwargs` (through its module in `OP_MODULES` when the op has parameters of its own,
+    e.g. SLA's linear-branch projection), the output projection.
+
+    `full_mode` None (the default) runs the op alone. A bool scalar switches on SSA
+    alignment training (`align_with_dense`): dense attention runs on the same q, k, v too
+    (with the op's causal masking, if any), both outputs are sown into the collection
+    `ALIGNMENT`, and the layer passes on the dense output where `full_mode` is true (full
+    mode), the op's where it is false (sparse mode).
 
     Attributes:
       num_heads: H; C must be divisible by it (head_dim = C / H).
@@ -56,7 +100,8 @@ class Attention(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None = None):
+    def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None = None,
+                 full_mode: jax.Array | bool | None = None):
         op = attention.get(self.op)
         kwargs = {**op.default_kwargs, **(self.op_kwargs or {})}
         if x.ndim == 3:
@@ -92,8 +137,22 @@ class Attention(nn.Module):
             q, k = RMSNorm(name="query_norm")(q), RMSNorm(name="key_norm")(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out = op(q, k, v, **kwargs)
+        if self.op in OP_MODULES:
+            out = OP_MODULES[self.op](name=self.op)(q, k, v, **kwargs)
+        else:
+            out = op(q, k, v, **kwargs)
+        if full_mode is not None:
+            out = align_with_dense(self, q, k, v, out, full_mode, **self._dense_masking(kwargs))
         out = nn.Dense(width, dtype=self.dtype, name="out")(out.reshape(batch, tokens, width))
         if order is not None:
             out = order.from_op(out)
         return out.reshape(grid_shape)
+
+    def _dense_masking(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """The op's masking arguments, for the dense branch of the alignment."""
+        masking = {name: kwargs[name] for name in DENSE_MASKING if name in kwargs}
+        if not isinstance(masking.get("causal", False), bool):
+            raise ValueError(f"Attention: alignment with dense attention takes causal=True or "
+                             f"False; {self.op!r} has causal={masking['causal']!r} (per grid "
+                             f"axis), which dense attention cannot express")
+        return masking

@@ -7,6 +7,8 @@ a frozen dataclass built from `config.objective` (its fields are the config's ke
 What the generic training loop asks of an objective (`lla.objectives.base.Objective`): the
 data-dependent fields of the model it trains, initial parameters, the loss of one batch, and
 an optional periodic evaluation (metrics and images). A new objective is a new module here.
+Modules without an `Objective` hold shared pieces: `base` (that interface) and `alignment`
+(SSA's alignment of sparse with dense attention, which flow matching and next token take).
 """
 
 from __future__ import annotations

@@ -14,7 +14,9 @@ rescaled by s = `noise_scale(resolution)`:
 
 `Objective` wraps this for the training loop: model fields from the data, initialisation,
 the loss of a batch, and sample grids (with the data source's `sample_statistics`, when it
-has them) as the periodic evaluation.
+has them) as the periodic evaluation. With `alignment_weight` > 0 the loss adds SSA's
+alignment of the model's sparse attention with dense attention (`lla.objectives.alignment`);
+sampling runs the sparse op alone.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 
 from lla.data.imaging import image_grid
 from lla.objectives import flow_sampling
+from lla.objectives.alignment import AlignedObjective
 from lla.objectives.base import Evaluation
 from lla.objectives.flow_sampling import VelocityFn
 
@@ -100,7 +103,7 @@ def loss(
 
 
 @dataclasses.dataclass(frozen=True)
-class Objective:
+class Objective(AlignedObjective):
     """Flow matching for image models called as `model.apply(params, x, timesteps, labels,
     train=..., rngs={"label_dropout": ...})` with fields resolution, channels, num_classes.
 
@@ -110,6 +113,9 @@ class Objective:
       num_train_timesteps: T.
       sample_count, sample_steps, guidance_scale: the periodic sample grid: number of
         images, Euler steps, classifier-free guidance (1 = none).
+      alignment_weight, alignment_full_probability: SSA alignment (`Alignment`): α (0 is
+        off; SSA uses 10) and the probability p of a full-mode step; the model is called
+        with `full_mode` and `mutable=["alignment"]` (e.g. `lla.models.dit`).
     """
 
     # Fields a resumed run may not change (they change the model's parameters).
@@ -121,6 +127,8 @@ class Objective:
     sample_count: int = 16
     sample_steps: int = 20
     guidance_scale: float = 1.0
+    alignment_weight: float = 0.0
+    alignment_full_probability: float = 0.5
 
     def model_fields(self, source) -> dict[str, Any]:
         """resolution, channels and num_classes (0 unless class-conditional) of `source`."""
@@ -139,17 +147,22 @@ class Objective:
 
     def loss(self, model: nn.Module, params, batch, key: jax.Array):
         """Batch {"image": [B, H, W, C] in [-1, 1], "label": int32 [B]}; `key` splits into
-        the loss's key (noise levels, noise) and the label-dropout key."""
+        the loss's key (noise levels, noise) and the label-dropout key; with alignment, the
+        loss adds α times the alignment term and the metrics report it (`Alignment.add`)."""
         loss_key, dropout_key = jax.random.split(key)
         labels = batch["label"] if model.num_classes else None
+        terms = []
 
         def apply(x, timesteps, labels):
-            return model.apply(params, x, timesteps, labels, train=True,
-                               rngs={"label_dropout": dropout_key})
+            velocity, term = self.alignment.apply(
+                model, params, x, timesteps, labels, key=key, train=True,
+                rngs={"label_dropout": dropout_key})
+            terms.append(term)
+            return velocity
 
         value, _ = loss(apply, batch["image"], loss_key, scale=self.scale(model),
                         labels=labels, num_train_timesteps=self.num_train_timesteps)
-        return value, {}
+        return self.alignment.add(value, terms[0], {})
 
     def sampler(self, model: nn.Module, *, count: int, steps: int,
                 guidance_scale: float = 1.0) -> Callable[[Any, jax.Array], jax.Array]:

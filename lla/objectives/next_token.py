@@ -13,6 +13,10 @@ windows of the validation source (`config.eval_data`), reported as `val/nats_per
 `val/bits_per_byte`, and `sample_count` texts generated from `sample_prompt` with the KV
 cache (`lla.models.lm_decoding.generate`), written to `<workdir>/samples/step_<step>.txt`
 (only with attention ops that declare `decode`).
+
+With `alignment_weight` > 0 the loss adds SSA's alignment of the model's sparse attention with
+dense causal attention (`lla.objectives.alignment`); evaluation and sampling run the sparse op
+alone.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import optax
 from tqdm import tqdm
 
 import lla.attention
+from lla.objectives.alignment import AlignedObjective
 from lla.objectives.base import Evaluation
 
 
@@ -58,7 +63,7 @@ def document_inputs(model: nn.Module, batch) -> dict[str, jax.Array]:
 
 
 @dataclasses.dataclass(frozen=True)
-class Objective:
+class Objective(AlignedObjective):
     """Next-token cross-entropy for byte-level LMs with fields vocab_size and context.
 
     Attributes:
@@ -67,6 +72,8 @@ class Objective:
       sample_count, sample_length: generated texts per evaluation and their new bytes.
       sample_prompt: the text every sample continues.
       temperature, top_k, top_p: the sampler (`lla.models.lm_decoding.generate`).
+      alignment_weight, alignment_full_probability: SSA alignment (`Alignment`): α (0 is
+        off; SSA uses 10) and the probability p of a full-mode step.
     """
 
     STRUCTURAL_FIELDS: ClassVar[tuple[str, ...]] = ()
@@ -79,6 +86,8 @@ class Objective:
     temperature: float = 0.8
     top_k: int = 0
     top_p: float = 0.95
+    alignment_weight: float = 0.0
+    alignment_full_probability: float = 0.5
 
     def model_fields(self, source) -> dict[str, Any]:
         """vocab_size and context (the longest row) of the token source."""
@@ -90,11 +99,14 @@ class Objective:
         return jax.jit(model.init)(key, tokens)
 
     def loss(self, model: nn.Module, params, batch, key: jax.Array):
-        """Mean cross-entropy over the weighted targets of the batch (module docstring)."""
-        logits = model.apply(params, batch["tokens"], **document_inputs(model, batch),
-                             train=True, rngs={"dropout": key})
+        """Mean cross-entropy over the weighted targets of the batch (module docstring), plus
+        α times the alignment term with alignment (`Alignment.add`)."""
+        logits, term = self.alignment.apply(
+            model, params, batch["tokens"], key=key, **document_inputs(model, batch),
+            train=True, rngs={"dropout": key})
         total, count = token_loss(logits, batch["targets"], batch["weights"])
-        return total / jnp.maximum(count, 1.0), {"target_tokens": count}
+        return self.alignment.add(total / jnp.maximum(count, 1.0), term,
+                                  {"target_tokens": count})
 
     def evaluator(self, model: nn.Module, source, eval_source=None):
         """Validation nats/byte on `eval_source` (skipped without one) and generated texts."""

@@ -14,10 +14,12 @@ from tests.attention.toy import TOY_HIERARCHY
 
 @pytest.mark.parametrize("arg", ["", "dd=true", "attention=neighborhood", "attention=llsa",
                                  "model=S,context=512",
-                                 "vocab=50304,model=gpt2_small,context=2048"])
+                                 "vocab=50304,model=gpt2_small,context=2048",
+                                 "attention=llsa,alignment=10"])
 def test_variants_build(arg):
     config = lm_shakespeare.get_config(arg)
     experiment = Experiment.from_config(config)
+    assert experiment.objective.alignment_weight == (10.0 if "alignment" in arg else 0.0)
     assert experiment.model.context == config.data.kwargs.sequence_length
     assert experiment.model.vocab_size == config.data.kwargs.get("vocab_size", 256)
     assert experiment.eval_source.num_tokens < experiment.source.num_tokens
@@ -40,6 +42,7 @@ def test_gpt2_small_has_124m_parameters():
     ("dd=true,context=100", "power-of-two context"),
     (f"attention={TOY_HIERARCHY}", "choose one of dense"),  # an op without causal
     ("data=shakespeare,vocab=1000", "Shakespeare is read as bytes"),
+    ("alignment=10", "attention=dense is dense already"),  # the default op
 ])
 def test_bad_variants_say_what_would_work(arg, match):
     with pytest.raises(ValueError, match=match):

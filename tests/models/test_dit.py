@@ -1,7 +1,10 @@
 """DiT: shapes, parameter counts, adaLN-Zero start, token orders from the op, every registered
-attention inside the model."""
+attention inside the model, SSA alignment (`full_mode`) against the dense and the sparse
+model."""
 
 from __future__ import annotations
+
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +14,7 @@ import pytest
 import lla.attention as attention
 from lla import models
 from lla.models.dit import PRESETS, DiT, patchify, unpatchify
+from lla.objectives.alignment import layer_outputs, mean_alignment_loss
 from tests.attention.toy import TOY_HIERARCHY, TOY_SEQUENCE
 
 
@@ -175,3 +179,47 @@ def test_raster_order_ablation_feeds_hierarchical_ops_raster_tokens():
     params = perturbed(params)
     assert not np.allclose(zorder.apply(params, images, timesteps),
                            raster.apply(params, images, timesteps), atol=1e-4)
+
+
+def aligned(model, params, images, timesteps, full_mode):
+    """(velocity, the layers' mean alignment term, their AlignedOutputs), jitted."""
+    velocity, state = jax.jit(partial(model.apply, mutable=["alignment"]))(
+        params, images, timesteps, full_mode=full_mode)
+    return velocity, mean_alignment_loss(state["alignment"]), layer_outputs(state["alignment"])
+
+
+def test_alignment_with_an_op_that_keeps_every_block_is_zero():
+    """Top-K with K·B = N is dense attention: in a real DiT forward (Z-order, RoPE) O_s = O_f
+    in every layer, the term is 0 to float32 rounding and both modes pass on the same."""
+    model = DiT(resolution=8, attention="topk_block",
+                attention_kwargs={"block_size": 4, "topk": 16}, **PRESETS["tiny"])
+    params, images, timesteps, _ = init(DiT(resolution=8, **PRESETS["tiny"]))  # same params
+    params = perturbed(params)
+    full, term, layers = aligned(model, params, images, timesteps, True)
+    sparse, _, _ = aligned(model, params, images, timesteps, False)
+    assert len(layers) == model.depth and float(term) < 1e-10
+    for layer in layers:
+        np.testing.assert_allclose(layer.sparse, layer.full, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(full, sparse, rtol=1e-5, atol=1e-6)
+
+
+def test_alignment_modes_pass_on_the_dense_and_the_sparse_models_outputs():
+    """LLSA at block 4, top-2: the term is positive, the modes differ, full mode is the dense
+    DiT's velocity and sparse mode the LLSA DiT's (same parameters, alignment off)."""
+    kwargs = dict(resolution=8, **PRESETS["tiny"])
+    model = DiT(attention="llsa", attention_kwargs={"block_size": 4, "topk": 2}, **kwargs)
+    dense = DiT(**kwargs)
+    params, images, timesteps, _ = init(dense)  # the op does not change the parameters
+    params = perturbed(params)
+    full, term, layers = aligned(model, params, images, timesteps, jnp.bool_(True))
+    sparse, _, sparse_layers = aligned(model, params, images, timesteps, jnp.bool_(False))
+    assert len(layers) == model.depth
+    assert 1e-4 < float(term) < np.inf
+    for name in ("full", "sparse"):  # block 0 sees the same input in both modes
+        np.testing.assert_allclose(getattr(sparse_layers[0], name), getattr(layers[0], name),
+                                   rtol=1e-6, atol=1e-7)
+    assert not np.allclose(full, sparse, atol=1e-4)
+    np.testing.assert_allclose(full, jax.jit(dense.apply)(params, images, timesteps),
+                               rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(sparse, jax.jit(model.apply)(params, images, timesteps),
+                               rtol=1e-6, atol=1e-7)

@@ -1,7 +1,7 @@
 """LM: parameter counts and FLOPs against formulas, cached decoding against the full forward
 (dense, every op with `decoding`, and a test op whose cache is unlike dense's), causality with
 every causal op, packed documents, grouped-query heads, tied heads, sampling (greedy, top-k,
-nucleus) and the errors."""
+nucleus), SSA alignment with dense causal attention (`full_mode`) and the errors."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from lla.models.lm import (
     segment_positions,
 )
 from lla.models.lm_decoding import make_decode_step
+from lla.objectives.alignment import layer_outputs, mean_alignment_loss
 from tests.attention.toy import TOY, TOY_HIERARCHY
 
 SMALL = dict(vocab_size=61, context=48, depth=2, width=32, num_heads=4, num_kv_heads=2)
@@ -219,6 +220,43 @@ def test_every_causal_op_keeps_the_lm_causal(small, name):
     before, after = apply(params, tokens), apply(params, changed)
     np.testing.assert_allclose(after[:, :9], before[:, :9], rtol=1e-6, atol=1e-6)
     assert np.abs(after[:, 9:] - before[:, 9:]).max() > 1e-3
+
+
+def aligned(model, params, tokens, full_mode, **inputs):
+    """(logits, the blocks' mean alignment term, their AlignedOutputs), jitted."""
+    logits, state = jax.jit(lambda params, tokens, full_mode, inputs: model.apply(
+        params, tokens, full_mode=full_mode, mutable=["alignment"], **inputs))(
+        params, tokens, full_mode, inputs)
+    return logits, mean_alignment_loss(state["alignment"]), layer_outputs(state["alignment"])
+
+
+def test_alignment_is_with_causal_dense_attention(small):
+    """Causal top-K keeping every past block is causal dense attention: the term is 0 (a
+    non-causal dense branch would make it large). At top-2 it is positive; full mode gives
+    the dense LM's logits, sparse mode the top-K LM's."""
+    _, params, dense_apply = small
+    tokens = random_tokens((2, 40))
+    exact = LM(**SMALL, attention="topk_block", attention_kwargs={"block_size": 4, "topk": 10})
+    _, term, layers = aligned(exact, params, tokens, True)
+    assert len(layers) == SMALL["depth"] and float(term) < 1e-10
+
+    sparse = LM(**SMALL, attention="topk_block", attention_kwargs={"block_size": 4, "topk": 2})
+    full_logits, term, _ = aligned(sparse, params, tokens, jnp.bool_(True))
+    sparse_logits, _, _ = aligned(sparse, params, tokens, jnp.bool_(False))
+    assert 0 < float(term) < np.inf
+    assert relative_max_error(full_logits, dense_apply(params, tokens)) < 1e-5
+    assert relative_max_error(sparse_logits, jax.jit(sparse.apply)(params, tokens)) < 1e-6
+    assert relative_max_error(full_logits, sparse_logits) > 1e-4
+
+
+def test_alignment_masks_the_dense_branch_with_the_segments(small):
+    """Dense aligned with itself over packed documents: zero only when the dense branch gets
+    the segment ids too."""
+    model, params, _ = small
+    tokens = random_tokens((1, 16))
+    segment_ids = jnp.asarray([[1] * 7 + [2] * 9], jnp.int32)
+    _, term, _ = aligned(model, params, tokens, True, segment_ids=segment_ids)
+    assert float(term) == 0.0
 
 
 def test_segment_positions_restart_at_each_segment():
