@@ -1,6 +1,17 @@
-"""Quality metrics computed outside training losses: per-frame image similarity (`frames`).
+"""Quality metrics computed outside training losses: per-frame image similarity (`frames`),
+FID and KID of generated images (`fid`, on features of the `inception` network, whose weights
+`torchscript` reads from a TorchScript archive without torch).
 
     from lla.evaluation import frames
     frames.psnr(prediction, truth)      # [..., H, W, C] in [-1, 1] -> [...] dB
     frames.ssim(prediction, truth)      # -> [...] in [-1, 1]
+
+    from lla.evaluation import fid, inception   # once: bash scripts/fetch_fid_weights.sh
+    feats = inception.features(images)          # uint8 [N, H, W, 3] -> float32 [N, 2048]
+    ref = fid.reference("fashion_mnist", 64, 10_000, load_images)  # cached features
+    fid.frechet_distance(fid.statistics(feats), ref.statistics)    # FID, float64
+    fid.kid(feats, ref.features)                                   # KID (mean, std)
+
+The submodules are imported by name (`from lla.evaluation import fid`), so importing one
+does not load the others.
 """
