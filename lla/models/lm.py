@@ -16,6 +16,11 @@ segment and its RoPE position restarts at 0 where a segment starts. Decoding
 (`lla.attention.registry.Decoding`, ops that declare `decode`): `prefill` starts one op cache
 per layer with the prompt, each `decode` step appends one token to them; the model's
 `DecodingCache` holds those caches and the next token's position (for RoPE).
+
+SSA alignment training (`lla.objectives.alignment`): with `full_mode` (a bool scalar, drawn
+once per step) every block also runs dense causal attention (same segments) on its q, k, v,
+sows both outputs into the "alignment" collection (at the model's root, one entry per block)
+and passes on the dense one in full mode, the op's in sparse mode. Decoding runs the op only.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from jax import lax
 
 import lla.attention as attention
 from lla.attention import token_order
-from lla.layers.attention import RMSNorm
+from lla.layers.attention import RMSNorm, align_with_dense
 from lla.layers.mlp import SwiGLU
 from lla.layers.rope import apply_rope, rope_1d
 from lla.models.lm_decoding import filter_logits, generate, make_decode_step, prefill
@@ -211,13 +216,16 @@ class LM(nn.Module):
                                  kernel_init=nn.initializers.normal(0.02))
 
     def __call__(self, tokens: jax.Array, *, segment_ids: jax.Array | None = None,
-                 positions: jax.Array | None = None, train: bool = False) -> jax.Array:
+                 positions: jax.Array | None = None, train: bool = False,
+                 full_mode: jax.Array | bool | None = None) -> jax.Array:
         """tokens int [B, N] (N <= context) -> logits float32 [B, N, V].
 
         segment_ids: int [B, N] or None; a token attends only within its segment.
         positions: int [B, N] or None: RoPE positions; by default arange(N), or with
           segment_ids the position within each segment (`segment_positions`).
         train: accepted for the objectives' interface (the model has no dropout).
+        full_mode: None runs the op alone; a bool scalar turns on SSA alignment with dense
+          causal attention (module docstring; `lla.layers.attention.align_with_dense`).
         """
         del train
         self._check_inputs(tokens, segment_ids, positions)
@@ -229,7 +237,11 @@ class LM(nn.Module):
         op_kwargs = self._op_kwargs(tokens.shape[1], segment_ids)
 
         def forward(q, k, v):
-            return op(q, k, v, **op_kwargs), None
+            out = op(q, k, v, **op_kwargs)
+            if full_mode is not None:
+                out = align_with_dense(self, q, k, v, out, full_mode, causal=True,
+                                       segment_ids=segment_ids)
+            return out, None
 
         logits, _ = self._run(tokens, positions, [forward] * self.depth)
         return logits
