@@ -20,9 +20,11 @@ Variants, `configs/llsa_pixel.py:key=value,...`:
                              block 64, 20 % critical; at res=128 and 256 all three take
                              block 16 and LLSA Table 2's K, 20 and 32 (sla: K of the
                              res^2 / 16 key blocks critical), as LLSA ran its baselines)
-  data=procedural|fashion_mnist|image_folder|tfds:<name>
+  data=procedural|fashion_mnist|openmoji|image_folder|tfds:<name>
                              fashion_mnist reads data/fashion-mnist (scripts/
-                             fetch_fashion_mnist.sh); image_folder reads --config.data.kwargs.path
+                             fetch_fashion_mnist.sh); openmoji reads data/openmoji at res
+                             64|128|256 (scripts/fetch_openmoji.sh); image_folder reads
+                             --config.data.kwargs.path
   model=tiny|S|B             DiT preset
   alignment=<α>              SSA alignment training (`lla.objectives.alignment`): every
                              layer also runs dense attention, each step runs full or sparse
@@ -43,6 +45,9 @@ Measured (experiments/results/nvidia_h200/, jax 0.11.2):
   Not measured: full-length runs of the res >= 128 variants (no converged loss or FID to
   expect yet), res=512, model=B, the image_folder and tfds sources on real data.
 Any field can be overridden: `--config.total_steps=1000 --config.batch_size=32`.
+FID/KID (after `bash scripts/fetch_fid_weights.sh`): of a checkpoint with
+`python -m experiments.evaluate --workdir=DIR --count=10000`, or at every evaluation with
+`--config.objective.fid_count=10000` (0, the default, is off).
 """
 
 from __future__ import annotations
@@ -89,6 +94,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.kwargs = ml_collections.ConfigDict({"resolution": resolution})
     if config.data.name == "fashion_mnist":
         config.data.kwargs.directory = "data/fashion-mnist"
+    elif config.data.name == "openmoji":
+        config.data.kwargs.directory = "data/openmoji"
     elif config.data.name == "image_folder":
         config.data.kwargs.path = ""
 
@@ -97,6 +104,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         noise_scale=0.0,  # 0: the resolution rule, max(1, res / 64)
         class_conditional=False,
         sample_count=16, sample_steps=20, guidance_scale=1.0,
+        fid_count=0, fid_batch_size=64,  # FID/KID of fid_count samples at each evaluation
         **common.alignment(options["alignment"], attention)))
 
     config.model = ml_collections.ConfigDict(dict(

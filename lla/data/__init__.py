@@ -16,6 +16,11 @@ sources (`lla.data.text.TokenSource`) make their own next-token batches behind t
   "fashion_mnist"  `fashion_mnist(directory="data/fashion-mnist", split="train",
                    resolution=32, channels=3)`: local IDX files, fetched once with
                    `bash scripts/fetch_fashion_mnist.sh`.
+  "openmoji"       `OpenMoji(directory="data/openmoji", resolution=64, channels=3,
+                   split="all", skin_tones=True)`: 4,495 colour emoji (npm `openmoji`
+                   17.0.0, CC-BY-SA 4.0) on white, unlabelled, rendered once at 64/128/256 px
+                   with `bash scripts/fetch_openmoji.sh`; split "train"/"test" holds out every
+                   10th design.
   "procedural_text"  `procedural_text(split="train", sequence_length=256,
                    decomposition=None)`: byte tokens of 400 embedded procedural play scenes
                    (no files; the language-model default), `lla.data.text.TokenSource`.
@@ -51,6 +56,7 @@ from lla.data.base import ImageSource, batch_indices, batches
 from lla.data.idx import fashion_mnist, read_idx
 from lla.data.image_folder import ImageFolder
 from lla.data.moving_mnist import MovingMNIST
+from lla.data.openmoji import OpenMoji
 from lla.data.procedural import ProceduralShapes, shape_statistics
 from lla.data.text import TokenSource, procedural_text, shakespeare_text
 from lla.data.tfds_source import tfds_source
@@ -59,6 +65,7 @@ SOURCES: dict[str, Callable[..., ImageSource | TokenSource | MovingMNIST]] = {
     "procedural": ProceduralShapes,
     "image_folder": ImageFolder,
     "fashion_mnist": fashion_mnist,
+    "openmoji": OpenMoji,
     "procedural_text": procedural_text,
     "shakespeare": shakespeare_text,
     "moving_mnist": MovingMNIST,
@@ -90,6 +97,7 @@ __all__ = [
     "ImageFolder",
     "ImageSource",
     "MovingMNIST",
+    "OpenMoji",
     "ProceduralShapes",
     "TokenSource",
     "batch_indices",

@@ -138,7 +138,8 @@ def test_get_source_default_and_unknown_names():
     assert get_source("procedural", resolution=32).resolution == 32
     for name in ("imagenet", "tfds:", "Procedural"):
         with pytest.raises(ValueError, match="known: procedural, image_folder, fashion_mnist, "
-                                             "procedural_text, shakespeare, moving_mnist, "
+                                             "openmoji, procedural_text, shakespeare, "
+                                             "moving_mnist, "
                                              "tfds:<tfds dataset name>"):
             get_source(name)
     with pytest.raises(ValueError, match="data source 'procedural': got an unexpected keyword "
