@@ -11,8 +11,10 @@ Default (CPU-sized, the README's main job; 4 min 50 s measured on 2 CPU cores):
   continue training.
 
 Variants, `configs/llsa_pixel.py:key=value,...`:
-  res=32|64|128|256|512      image side (N = res^2 pixel tokens); res >= 128 selects the
-                             full-size recipe: DiT-S, batch 16, 100k steps, lr 1e-4, bf16
+  res=32|64|128|256|512|1024 image side (N = res^2 pixel tokens); res >= 128 selects the
+                             full-size recipe: DiT-S, batch 16, 100k steps, lr 1e-4, bf16;
+                             res=1024 (1,048,576 tokens) trains with batch 1 and the
+                             blocks rematerialised (model.remat) to fit one GPU
   attention=llsa|dense|neighborhood|<op>
                              any registered op (`lla.attention.names()`) with its
                              `default_kwargs` (llsa: block 16, top-8; neighborhood: 13 x 13;
@@ -67,7 +69,7 @@ TOPK_BASELINE = {128: 20, 256: 32}
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     options = common.parse(arg, DEFAULTS)
     resolution = options["res"]
-    common.choose("res", resolution, (32, 64, 128, 256, 512))
+    common.choose("res", resolution, (32, 64, 128, 256, 512, 1024))
     full_size = resolution >= 128
     preset = options["model"] or ("S" if full_size else "tiny")
     common.choose("model", preset, models.get("dit").PRESETS)
@@ -81,7 +83,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.total_steps = 100_000 if full_size else 300
-    config.batch_size = 16
+    config.batch_size = 1 if resolution >= 1024 else 16
     config.log_every = 50 if full_size else 10
     config.checkpoint_every = 2000 if full_size else 100
     config.eval_every = 5000 if full_size else 150  # sample grids
@@ -110,7 +112,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict(dict(
         name="dit", preset=preset, patch_size=1, attention=attention,
         attention_kwargs=attention_kwargs, dtype="bfloat16" if full_size else "float32",
-        label_dropout=0.1))
+        label_dropout=0.1, remat=resolution >= 1024))
 
     config.optimizer = ml_collections.ConfigDict(dict(
         learning_rate=1e-4 if full_size else 1e-3, weight_decay=0.01, clip_norm=1.0,

@@ -98,6 +98,9 @@ class DiT(nn.Module):
         the token order and spatial arguments come from the op (`token_order.for_op`).
       raster_order: feed raster-order tokens even to hierarchy and Gilbert ops (an
         ablation).
+      remat: recompute each block's activations in the backward pass (`nn.remat`), so
+        training holds one block's activations instead of all `depth` (what 1024² images,
+        a million tokens, need on one GPU); same values, one more forward per block.
       dtype: compute dtype (parameters stay float32).
     """
 
@@ -113,6 +116,7 @@ class DiT(nn.Module):
     attention: str = "dense"
     attention_kwargs: Mapping[str, Any] | None = None
     raster_order: bool = False
+    remat: bool = False
     rope_theta: float = 10000.0
     dtype: jnp.dtype = jnp.float32
 
@@ -158,8 +162,9 @@ class DiT(nn.Module):
                 self.num_classes, self.width, self.label_dropout, dtype=self.dtype,
                 name="labels")(labels, train=train)
         op_kwargs = self.op_kwargs(order)
+        block = nn.remat(DiTBlock) if self.remat else DiTBlock
         for index in range(self.depth):
-            x = DiTBlock(self.width, self.num_heads, self.attention, op_kwargs,
+            x = block(self.width, self.num_heads, self.attention, op_kwargs,
                          self.mlp_ratio, dtype=self.dtype, name=f"block{index}")(
                 x, condition, rope, full_mode)
         shift, scale = AdaLNModulation(self.width, 2, dtype=self.dtype,

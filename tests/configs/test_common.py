@@ -43,6 +43,9 @@ def test_llsa_pixel_variants():
             assert dict(kwargs) == {"block_size": 16, "topk": topk}
         kwargs = llsa_pixel.get_config(f"res={res},attention=sla").model.attention_kwargs
         assert kwargs.block_size == 16 and int(kwargs.critical * res ** 2 / 16) == topk
+    big = llsa_pixel.get_config("res=1024")  # a million tokens: batch 1, rematerialised
+    assert (big.batch_size, big.model.remat, big.model.preset) == (1, True, "S")
+    assert not llsa_pixel.get_config("res=512").model.remat
     with pytest.raises(ValueError, match="res=48: choose one of 32, 64"):
         llsa_pixel.get_config("res=48")
     with pytest.raises(ValueError, match="model=XL: choose one of tiny, S, B"):

@@ -223,3 +223,26 @@ def test_alignment_modes_pass_on_the_dense_and_the_sparse_models_outputs():
                                rtol=2e-5, atol=2e-6)
     np.testing.assert_allclose(sparse, jax.jit(model.apply)(params, images, timesteps),
                                rtol=1e-6, atol=1e-7)
+
+
+def test_remat_recomputes_blocks_with_the_same_params_values_and_gradients():
+    """`remat=True` (the 1024² recipe) keeps the parameter tree and gives the same loss and
+    gradients; its backward really recomputes (a checkpoint in the gradient's jaxpr)."""
+    plain = DiT(resolution=8, attention="llsa", attention_kwargs={"block_size": 4, "topk": 2},
+                **PRESETS["tiny"])
+    remat = plain.clone(remat=True)
+    params, images, timesteps, _ = init(plain)
+    params = perturbed(params)
+    assert jax.tree.structure(params) == jax.tree.structure(init(remat)[0])
+
+    def loss(model, p):
+        return jnp.mean(model.apply(p, images, timesteps) ** 2)
+
+    value, grads = jax.value_and_grad(partial(loss, plain))(params)
+    remat_value, remat_grads = jax.value_and_grad(partial(loss, remat))(params)
+    np.testing.assert_allclose(remat_value, value, rtol=1e-6)
+    for got, want in zip(jax.tree.leaves(remat_grads), jax.tree.leaves(grads), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    jaxpr = str(jax.make_jaxpr(jax.grad(partial(loss, remat)))(params))
+    assert "checkpoint" in jaxpr or "remat" in jaxpr
+    assert "checkpoint" not in str(jax.make_jaxpr(jax.grad(partial(loss, plain)))(params))
