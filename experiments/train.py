@@ -8,10 +8,11 @@ Writes checkpoints, metrics.jsonl, TensorBoard events, the config history and sa
 --workdir (default `workdirs/<config file name>`), and resumes from it when run again
 (`lla.training.loop` says what is checked). --restore_step=N resumes from checkpoint N,
 --restart starts over (the earlier run is moved to <workdir>/previous/, not deleted),
---allow_config_change resumes although the model or data setup changed. SIGTERM / SIGINT save
-a checkpoint and exit with 143 / 130; refusals (bad config, changed setup, locked workdir,
-unreadable checkpoints, non-finite loss) exit with 1 and one message; bugs keep their
-traceback.
+--allow_config_change resumes although the model or data setup changed, --mesh=data=-1,fsdp=2
+lays the devices out for data parallelism and FSDP (sets `config.mesh`; `docs/sharding.md`).
+SIGTERM / SIGINT save a checkpoint and exit with 143 / 130; refusals (bad config, changed
+setup, locked workdir, unreadable checkpoints, non-finite loss) exit with 1 and one message;
+bad flags exit with 2; bugs keep their traceback.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ flags.DEFINE_bool("restart", False, "start from step 0: move the earlier run's o
                   "<workdir>/previous/<time>/")
 flags.DEFINE_bool("allow_config_change", False, "resume even though the model, data or "
                   "objective setup differs from the run in the workdir")
+flags.DEFINE_string("mesh", None, "device mesh, e.g. data=-1,fsdp=2 (sets config.mesh; "
+                    "fields: data, fsdp, min_shard_size; default: all devices on data)")
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 EXIT_CODES = {"SIGTERM": 128 + 15, "SIGINT": 128 + 2}
@@ -62,8 +65,18 @@ def main(argv) -> int:
     workdir = FLAGS.workdir or pathlib.Path("workdirs") / pathlib.Path(
         config_path.split(":")[0]).stem
     print(f"workdir: {workdir}")
+    config = FLAGS.config
+    if FLAGS.mesh:
+        try:
+            mesh = parse_mesh(FLAGS.mesh)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            return 2
+        config = config.copy_and_resolve_references()
+        with config.unlocked():
+            config.mesh = mesh
     try:
-        train(FLAGS.config, workdir, restore_step=FLAGS.restore_step, restart=FLAGS.restart,
+        train(config, workdir, restore_step=FLAGS.restore_step, restart=FLAGS.restart,
               allow_config_change=FLAGS.allow_config_change)
     except Preempted as stopped:
         print(stopped, flush=True)
@@ -73,6 +86,18 @@ def main(argv) -> int:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 1
     return 0
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+    """'data=-1,fsdp=2' -> {"data": -1, "fsdp": 2} (checked by the loop)."""
+    fields = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not value.lstrip("-").isdigit():
+            raise ValueError(f"--mesh item {item!r}: expected name=integer, e.g. "
+                             f"--mesh=data=-1,fsdp=2")
+        fields[key] = int(value)
+    return fields
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -110,6 +110,10 @@ class Checkpointer:
     def restore(self, step: int, like):
         """(state shaped and sharded like `like`, meta) of checkpoint `step`.
 
+        `like` holds arrays or `jax.ShapeDtypeStruct`s with shardings; each saved array is
+        read straight into its leaf's sharding, so a checkpoint written on one mesh (say 8
+        devices, fsdp = 4) restores onto any other (1 device, or 4 with fsdp = 2).
+
         Raises:
           CheckpointMismatchError: its arrays differ in names or shapes from `like`.
           CheckpointError: it cannot be read (damaged); the message is one line.

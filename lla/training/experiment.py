@@ -1,13 +1,15 @@
 """An experiment built from its config: data source, objective, model and optimizer, by name.
 
     experiment = Experiment.from_config(config)
-    state = experiment.initial_state(mesh)
-    step = jax.jit(experiment.train_step(), donate_argnums=0)
+    mesh = sharding.make_mesh(config)        # ("data", "fsdp") from config.mesh
+    state = experiment.initial_state(mesh)   # parameters, EMA, optimizer state sharded
+    step = experiment.sharded_train_step(mesh, state)
 
 `config.data` names the source (`lla.data.get_source`), the optional `config.eval_data` (same
 layout) the held-out source the objective evaluates on, `config.objective` the objective
 (`lla.objectives.build`), `config.model` the model family and preset (`lla.models.build`);
-the objective adds the model fields that follow from the data. Nothing here knows a model or
+the objective adds the model fields that follow from the data; `config.mesh` (optional) the
+device mesh and parameter sharding (`lla.training.sharding`). Nothing here knows a model or
 an objective by name.
 """
 
@@ -67,6 +69,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"config.{name} must be an int >= {low}; got {value!r}")
+    sharding.mesh_fields(config)
     if config.get("nonfinite", "stop") not in NONFINITE:
         raise ValueError(f"config.nonfinite must be one of {NONFINITE} (stop the run, or skip "
                          f"the update); got {config.nonfinite!r}")
@@ -108,10 +111,40 @@ class Experiment:
         optimizer = optim.make_optimizer(**_plain(config.optimizer))
         return cls(config, source, objective, model, optimizer, eval_source)
 
+    def _create_state(self, key: jax.Array) -> train_state.TrainState:
+        return train_state.create(self.objective.init(self.model, key), self.optimizer)
+
+    def min_shard_size(self) -> int:
+        """`config.mesh.min_shard_size`: leaves smaller than this stay replicated."""
+        return sharding.mesh_fields(self.config)["min_shard_size"]
+
+    def abstract_state(self, mesh) -> train_state.TrainState:
+        """The step-0 state as `jax.ShapeDtypeStruct`s carrying their shardings over `mesh`
+        (`sharding.state_shardings`); traces the model, computes nothing."""
+        shapes = jax.eval_shape(self._create_state, jax.random.key(self.config.seed))
+        shardings = sharding.state_shardings(shapes, mesh, self.min_shard_size())
+        return jax.tree.map(lambda s, d: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=d),
+                            shapes, shardings)
+
     def initial_state(self, mesh) -> train_state.TrainState:
-        """Step-0 train state (parameters from key `config.seed`), replicated over `mesh`."""
-        params = self.objective.init(self.model, jax.random.key(self.config.seed))
-        return sharding.replicate(train_state.create(params, self.optimizer), mesh)
+        """Step-0 train state (parameters from key `config.seed`) over `mesh`: parameters,
+        EMA and optimizer moments split over "fsdp" by `sharding.leaf_spec` (replicated when
+        fsdp is 1). Initialised under jit straight into those shardings, so no device ever
+        holds the whole state."""
+        abstract = self.abstract_state(mesh)
+        shardings = jax.tree.map(lambda leaf: leaf.sharding, abstract)
+        return jax.jit(self._create_state, out_shardings=shardings)(
+            jax.random.key(self.config.seed))
+
+    def sharded_train_step(self, mesh, state):
+        """`train_step()` jitted for `mesh`: the state keeps the shardings it has (as
+        `initial_state` or a restore made them, in and out, donated), the batch is split over
+        every device (`sharding.batch_sharding`), metrics come back replicated."""
+        shardings = jax.tree.map(lambda leaf: leaf.sharding, state)
+        return jax.jit(self.train_step(),
+                       in_shardings=(shardings, sharding.batch_sharding(mesh)),
+                       out_shardings=(shardings, sharding.replicated(mesh)),
+                       donate_argnums=0)
 
     def train_step(self, seed: int | None = None):
         """`step(state, batch) -> (state, metrics)` (see `make_train_step`)."""

@@ -1,7 +1,17 @@
 """The training loop behind `python -m experiments.train`, the same for every model family:
 the config names the data, the objective and the model (`Experiment`); AdamW + EMA, data
-parallelism over all devices, Orbax checkpoints with automatic resume, metrics, a progress bar
-and the objective's periodic evaluation (sample grids for generative models).
+parallelism and FSDP over all devices, Orbax checkpoints with automatic resume, metrics, a
+progress bar and the objective's periodic evaluation (sample grids for generative models).
+
+Devices: `config.mesh` (optional; `docs/sharding.md`) lays them out as a ("data", "fsdp") mesh:
+`{"data": -1, "fsdp": 1, "min_shard_size": 16384}` by default, i.e. pure data parallelism over
+every device. `fsdp = n` splits each parameter, its EMA and its AdamW moments over groups of n
+devices (its largest dimension divisible by n; leaves under `min_shard_size` elements and
+leaves nothing divides stay replicated); -1 gives an axis the remaining devices. The batch is
+split over all devices, so `batch_size` must be a multiple of the device count. The mesh is
+not part of the run's identity: a checkpoint restores onto any mesh and device count (each
+array is read straight into the current mesh's shardings), and the run continues as it would
+have on the old one.
 
 Resuming: the newest checkpoint of `<workdir>/checkpoints` that loads restores the train state
 and the data position (the batch of global step s is a pure function of (seed, s)), and every
@@ -162,10 +172,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
         raise ConfigError(error.args[0] if isinstance(error, KeyError) else str(error)) \
             from error
     config = experiment.config
-    mesh = sharding.data_mesh()
-    if config.batch_size % mesh.size:
-        raise ConfigError(f"batch_size {config.batch_size} must be a multiple of the "
-                          f"{mesh.size} devices")
+    try:
+        mesh = sharding.make_mesh(config)
+        sharding.check_batch_size(config.batch_size, mesh)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
     workdir = pathlib.Path(workdir)
     created = not workdir.exists()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -215,7 +226,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
                 print(f"dropped {dropped} metrics rows logged after step {start}")
             workdirs.record_start(workdir, start, config_dict)
         writer = MetricWriter(workdir, enabled=is_chief)
-        step_fn = jax.jit(experiment.train_step(), donate_argnums=0)
+        step_fn = experiment.sharded_train_step(mesh, state)
         evaluate = experiment.objective.evaluator(experiment.model, experiment.source,
                                                   experiment.eval_source)
         batches = data.batches(experiment.source, batch_size=config.batch_size,
