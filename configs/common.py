@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+import ml_collections
+
 import lla.attention
 
 
@@ -68,3 +70,10 @@ def alignment(weight: float, attention_name: str) -> dict[str, float]:
                          f"attention=dense is dense already: choose a sparse op, e.g. "
                          f"attention=llsa")
     return {"alignment_weight": float(weight), "alignment_full_probability": 0.5}
+
+
+def mesh() -> ml_collections.ConfigDict:
+    """The device mesh every config starts from (`lla.training.sharding`): all devices on
+    "data", no parameter sharding; `--config.mesh.fsdp=4` (or `experiments.train --mesh=`)
+    shards parameters and optimizer state over groups of 4 devices."""
+    return ml_collections.ConfigDict({"data": -1, "fsdp": 1})

@@ -106,4 +106,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if full_size:  # cosine decay (ConvS5's schedule) to 0 at the last step
         config.optimizer.decay_steps = config.get_ref("total_steps")
     config.ema = ml_collections.ConfigDict(dict(max_decay=0.999, inv_gamma=1.0, power=0.75))
+    config.mesh = common.mesh()
     return config

@@ -118,4 +118,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         learning_rate=1e-4 if full_size else 1e-3, weight_decay=0.01, clip_norm=1.0,
         warmup_steps=0 if full_size else 20))
     config.ema = ml_collections.ConfigDict(dict(max_decay=0.9999, inv_gamma=1.0, power=0.75))
+    config.mesh = common.mesh()
     return config

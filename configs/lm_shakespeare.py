@@ -130,4 +130,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.optimizer.decay_steps = config.get_ref("total_steps")
         config.optimizer.end_fraction = 0.1
     config.ema = ml_collections.ConfigDict(dict(max_decay=0.999, inv_gamma=1.0, power=0.75))
+    config.mesh = common.mesh()
     return config

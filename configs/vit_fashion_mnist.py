@@ -101,4 +101,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if full_size:  # cosine decay to 0 at the last step (follows --config.total_steps)
         config.optimizer.decay_steps = config.get_ref("total_steps")
     config.ema = ml_collections.ConfigDict(dict(max_decay=0.9999, inv_gamma=1.0, power=0.75))
+    config.mesh = common.mesh()
     return config

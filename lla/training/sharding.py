@@ -108,8 +108,9 @@ def leaf_spec(shape: Sequence[int], fsdp: int, min_shard_size: int = MIN_SHARD_S
 
 def state_shardings(tree, mesh: Mesh, min_shard_size: int = MIN_SHARD_SIZE):
     """A NamedSharding per array leaf of `tree` (arrays or `jax.ShapeDtypeStruct`s) by
-    `leaf_spec`: a train state's parameters, EMA and optimizer moments alike."""
-    fsdp = mesh.shape["fsdp"]
+    `leaf_spec`: a train state's parameters, EMA and optimizer moments alike. A mesh
+    without an "fsdp" axis (e.g. a 1-D "data" mesh) replicates everything."""
+    fsdp = mesh.shape.get("fsdp", 1)
     return jax.tree.map(
         lambda leaf: NamedSharding(mesh, leaf_spec(leaf.shape, fsdp, min_shard_size)), tree)
 
@@ -125,8 +126,9 @@ def replicate(tree, mesh: Mesh):
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over "data" and "fsdp" jointly."""
-    return NamedSharding(mesh, P(BATCH_AXES))
+    """Leading (batch) axis split over "data" and "fsdp" jointly (those of them the mesh
+    has)."""
+    return NamedSharding(mesh, P(tuple(axis for axis in BATCH_AXES if axis in mesh.shape)))
 
 
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
