@@ -15,6 +15,7 @@ shadow their folders as attributes: reach a folder's modules with from-imports
 (`from lla.attention.llsa import reference`).
 """
 
+from lla.attention import parallel  # sequence-parallel dense and LLSA (shard_map)
 from lla.attention.asa import asa, asa_gt
 from lla.attention.common import token_order
 from lla.attention.common.partials import merge_partials
@@ -52,6 +53,7 @@ __all__ = [
     "merge_partials",
     "names",
     "neighborhood",
+    "parallel",
     "register",
     "sla",
     "token_order",

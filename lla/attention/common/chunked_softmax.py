@@ -94,12 +94,30 @@ class _Blocks:
         return mask[:, None, None]
 
 
+def _vma(x: jax.Array) -> frozenset:
+    """The `shard_map` mesh axes x varies over (empty outside `shard_map`); jax 0.11 keeps
+    them in the aval's manual axis type, earlier versions as `aval.vma`."""
+    aval = jax.typeof(x)
+    manual = getattr(aval, "mat", None)
+    return frozenset(getattr(manual, "varying", None) or getattr(aval, "vma", ()))
+
+
+def _varying(x: jax.Array, *like: jax.Array) -> jax.Array:
+    """x marked as varying over every `shard_map` mesh axis any of `like` (arrays or None)
+    varies over, so a scan carry started from constants has the type its body gives it (a
+    no-op outside `shard_map`)."""
+    axes = frozenset().union(*(_vma(y) for y in like if y is not None))
+    axes -= _vma(x)
+    return lax.pcast(x, tuple(sorted(axes)), to="varying") if axes else x
+
+
 def _logits(q_block, k_block, scale):
     return _einsum("bhgqd,bhkd->bhgqk", q_block, k_block) * scale
 
 
 def _forward(q, k, v, segments, kv_lengths, causal, causal_block, scale, chunk_q, chunk_k):
     blocks = _Blocks(q, k, v, segments, kv_lengths, chunk_q, chunk_k)
+    context = (blocks.k, blocks.v, blocks.k_seg, blocks.kv_lengths)
 
     def one_q_chunk(args):
         q_block, q_pos, q_seg = args
@@ -118,7 +136,8 @@ def _forward(q, k, v, segments, kv_lengths, causal, causal_block, scale, chunk_q
             return (new_max, row_sum, acc), None
 
         rows = q_block.shape[:-1]
-        init = (jnp.full(rows, -jnp.inf), jnp.zeros(rows), jnp.zeros(q_block.shape))
+        init = tuple(_varying(x, q_block, q_seg, *context) for x in (
+            jnp.full(rows, -jnp.inf), jnp.zeros(rows), jnp.zeros(q_block.shape)))
         (row_max, row_sum, acc), _ = lax.scan(
             step, init, (blocks.k, blocks.v, blocks.k_pos, blocks.k_seg))
         seen = row_sum > 0
@@ -151,6 +170,8 @@ def _backward(q, k, v, segments, kv_lengths, out, lse, d_out, d_lse, causal, cau
     lse_safe = jnp.where(jnp.isfinite(lse), lse, 0.0)
     lse_chunks = blocks.grouped_rows(lse_safe)
     delta_chunks = blocks.grouped_rows(delta)
+    inputs = (blocks.q, blocks.k, blocks.v, blocks.q_seg, blocks.k_seg, blocks.kv_lengths,
+              do_chunks, lse_chunks, delta_chunks)
 
     def probs_and_dlogits(q_block, k_block, v_block, do_block, lse_block, delta_block, mask):
         probs = jnp.where(mask, jnp.exp(_logits(q_block, k_block, scale) - lse_block[..., None]),
@@ -168,7 +189,7 @@ def _backward(q, k, v, segments, kv_lengths, out, lse, d_out, d_lse, causal, cau
                                             delta_block, mask)
             return dq + _einsum("bhgqk,bhkd->bhgqd", d_logits, k_block) * scale, None
 
-        dq, _ = lax.scan(step, jnp.zeros(q_block.shape),
+        dq, _ = lax.scan(step, _varying(jnp.zeros(q_block.shape), *inputs),
                          (blocks.k, blocks.v, blocks.k_pos, blocks.k_seg))
         return dq
 
@@ -185,7 +206,7 @@ def _backward(q, k, v, segments, kv_lengths, out, lse, d_out, d_lse, causal, cau
             dk = dk + _einsum("bhgqk,bhgqd->bhkd", d_logits, q_block) * scale
             return (dk, dv), None
 
-        zeros = jnp.zeros(k_block.shape)
+        zeros = _varying(jnp.zeros(k_block.shape), *inputs)
         (dk, dv), _ = lax.scan(step, (zeros, zeros), (blocks.q, blocks.q_pos, blocks.q_seg,
                                                        do_chunks, lse_chunks, delta_chunks))
         return dk, dv

@@ -53,22 +53,46 @@ def llsa_xla(q, k, v, *, block_size, topk, levels, enrich_levels, reweight, caus
     if causal:
         return _causal(q, k, v, block_size=block_size, topk=topk, levels=levels,
                        enrich_levels=enrich_levels, reweight=reweight)
-    heads = q.shape[2]
-    groups = heads // k.shape[2]
     q_levels = hierarchy.pyramid(q, block_size, levels)
     k_levels = hierarchy.pyramid(k, block_size, levels)
     picks = hierarchy.select(q_levels, k_levels, block_size, topk)
-    k_levels = [hierarchy.heads_major(jnp.repeat(x, groups, 2)) for x in k_levels]
-    v_levels = [hierarchy.heads_major(jnp.repeat(x, groups, 2))
-                for x in hierarchy.pyramid(v, block_size, levels)]
-    q_blocks = _query_blocks(q_levels[0], block_size)
+    heads = q.shape[2]
+    return attend(query_blocks(q, block_size), picks,
+                  heads_major_levels(k_levels, heads),
+                  heads_major_levels(hierarchy.pyramid(v, block_size, levels), heads),
+                  block_size=block_size, enrich_levels=enrich_levels,
+                  reweight=reweight).astype(q.dtype)
 
+
+def heads_major_levels(levels: list[jax.Array], heads: int) -> list[jax.Array]:
+    """`hierarchy.pyramid` levels [Bt, T_l, Hkv, D] -> heads-major [Bt, H, T_l, D], each kv
+    head repeated for its H / Hkv query heads."""
+    return [hierarchy.heads_major(jnp.repeat(x, heads // x.shape[2], 2)) for x in levels]
+
+
+def attend(q_blocks, picks, k_levels, v_levels, *, block_size, enrich_levels, reweight
+           ) -> jax.Array:
+    """The (non-causal) attention of query blocks over a `hierarchy.select` selection.
+
+    Args:
+      q_blocks: float32 [Bt, H, nb, B, D], scaled by 1/sqrt(D) (`query_blocks`): nb
+        consecutive query blocks, the first one's level-l parent token aligned to a level-l
+        token (nb = N / B in the forward; a device's share under sequence parallelism).
+      picks: `hierarchy.select` of those blocks' pooled queries, {l: [Bt, H, nb / B^(l-1), K]}.
+      k_levels, v_levels: L + 1 float32 heads-major pyramids [Bt, H, N / B^l, D] of the whole
+        sequence (GQA heads repeated, `heads_major_levels`).
+      block_size, enrich_levels, reweight: as the op's.
+
+    Returns:
+      float32 [Bt, nb·B, H, D].
+    """
+    levels = len(k_levels) - 1
     logits, values = [], []
     # Fine and intermediate levels: per query block, the K·B tokens (of level l) that are the
     # children of its level-(l+1) picks; query block b's level-(l+1) parent token is b // B^l.
     for level in range(min(levels, enrich_levels + 1)):
         parent_picks = jnp.repeat(picks[level + 1], block_size ** level, axis=2)
-        index = hierarchy.children(parent_picks, block_size)  # [Bt, H, N/B, K·B]
+        index = hierarchy.children(parent_picks, block_size)  # [Bt, H, nb, K·B]
         logits.append(_einsum("bhnqd,bhnmd->bhnqm", q_blocks,
                               hierarchy.gather_tokens(k_levels[level], index))
                       + _log_weight(level, block_size, reweight))
@@ -77,10 +101,10 @@ def llsa_xla(q, k, v, *, block_size, topk, levels, enrich_levels, reweight, caus
         logits.append(_einsum("bhnqd,bhmd->bhnqm", q_blocks, k_levels[levels])
                       + _log_weight(levels, block_size, reweight))
         values.append(v_levels[levels])
-    return _combine(logits, values, q.dtype)
+    return _combine(logits, values, jnp.float32)
 
 
-def _query_blocks(q: jax.Array, block_size: int) -> jax.Array:
+def query_blocks(q: jax.Array, block_size: int) -> jax.Array:
     """q [Bt, N, H, D] -> float32 [Bt, H, N / B, B, D], scaled by 1/sqrt(D)."""
     batch, tokens, heads, head_dim = q.shape
     q = hierarchy.heads_major(q.astype(jnp.float32))
@@ -104,15 +128,13 @@ def _combine(logits: list[jax.Array], values: list[jax.Array], dtype) -> jax.Arr
 def _causal(q, k, v, *, block_size, topk, levels, enrich_levels, reweight):
     """Causal LLSA (docs/llsa_causal.md), shapes as `llsa_xla`."""
     tokens, heads = q.shape[1:3]
-    groups = heads // k.shape[2]
     k_levels = hierarchy.pyramid(k, block_size, levels)
     picks = causal_hierarchy.select(q, k_levels, block_size, topk)
-    k_levels = [hierarchy.heads_major(jnp.repeat(x, groups, 2)) for x in k_levels]
-    v_levels = [hierarchy.heads_major(jnp.repeat(x, groups, 2))
-                for x in hierarchy.pyramid(v, block_size, levels)]
+    k_levels = heads_major_levels(k_levels, heads)
+    v_levels = heads_major_levels(hierarchy.pyramid(v, block_size, levels), heads)
     blocks = tokens // block_size
     positions = jnp.arange(tokens, dtype=jnp.int32).reshape(blocks, block_size)
-    return causal_attend(_query_blocks(q, block_size), positions, picks, k_levels, v_levels,
+    return causal_attend(query_blocks(q, block_size), positions, picks, k_levels, v_levels,
                          block_size=block_size, enrich_levels=enrich_levels,
                          reweight=reweight).astype(q.dtype)
 
