@@ -1,6 +1,7 @@
 """Quality metrics computed outside training losses: per-frame image similarity (`frames`),
 FID and KID of generated images (`fid`, on features of the `inception` network, whose weights
-`torchscript` reads from a TorchScript archive without torch).
+`torchscript` reads from a TorchScript archive without torch), and of a sampler against its
+own data source (`sample_quality`, behind `experiments/evaluate.py`).
 
     from lla.evaluation import frames
     frames.psnr(prediction, truth)      # [..., H, W, C] in [-1, 1] -> [...] dB
@@ -11,6 +12,9 @@ FID and KID of generated images (`fid`, on features of the `inception` network, 
     ref = fid.reference("fashion_mnist", 64, 10_000, load_images)  # cached features
     fid.frechet_distance(fid.statistics(feats), ref.statistics)    # FID, float64
     fid.kid(feats, ref.features)                                   # KID (mean, std)
+
+    from lla.evaluation import sample_quality   # sample(key) -> uint8 [64, R, R, C]
+    scores = sample_quality.score(sample, source, count=10_000, batch_size=64, key=key)
 
 The submodules are imported by name (`from lla.evaluation import fid`), so importing one
 does not load the others.

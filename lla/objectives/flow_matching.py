@@ -14,9 +14,11 @@ rescaled by s = `noise_scale(resolution)`:
 
 `Objective` wraps this for the training loop: model fields from the data, initialisation,
 the loss of a batch, and sample grids (with the data source's `sample_statistics`, when it
-has them) as the periodic evaluation. With `alignment_weight` > 0 the loss adds SSA's
-alignment of the model's sparse attention with dense attention (`lla.objectives.alignment`);
-sampling runs the sparse op alone.
+has them) as the periodic evaluation; with `fid_count` > 0 that evaluation also reports FID
+and KID of `fid_count` samples against as many real images of the source
+(`lla.evaluation.sample_quality`, the code behind `experiments/evaluate.py`). With
+`alignment_weight` > 0 the loss adds SSA's alignment of the model's sparse attention with
+dense attention (`lla.objectives.alignment`); sampling runs the sparse op alone.
 """
 
 from __future__ import annotations
@@ -31,10 +33,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from lla.data.imaging import image_grid
+from lla.evaluation import inception, sample_quality
 from lla.objectives import flow_sampling
 from lla.objectives.alignment import AlignedObjective
 from lla.objectives.base import Evaluation
 from lla.objectives.flow_sampling import VelocityFn
+
+# The periodic FID samples from fold_in(evaluation key, FID_STREAM), leaving the grid's key.
+FID_STREAM = 0xF1D
 
 
 def noise_scale(resolution: int) -> float:
@@ -116,6 +122,11 @@ class Objective(AlignedObjective):
       alignment_weight, alignment_full_probability: SSA alignment (`Alignment`): α (0 is
         off; SSA uses 10) and the probability p of a full-mode step; the model is called
         with `full_mode` and `mutable=["alignment"]` (e.g. `lla.models.dit`).
+      fid_count: 0 (off) or the number (>= 2) of samples whose FID and KID every periodic
+        evaluation reports (`samples/fid`, `samples/kid_mean`, `samples/kid_std`), with
+        `sample_steps` and `guidance_scale`; needs the Inception weights
+        (`bash scripts/fetch_fid_weights.sh`).
+      fid_batch_size: images per sampler call and Inception batch of that FID.
     """
 
     # Fields a resumed run may not change (they change the model's parameters).
@@ -129,6 +140,16 @@ class Objective(AlignedObjective):
     guidance_scale: float = 1.0
     alignment_weight: float = 0.0
     alignment_full_probability: float = 0.5
+    fid_count: int = 0
+    fid_batch_size: int = 64
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.fid_count < 0 or self.fid_count == 1:
+            raise ValueError(f"fid_count must be 0 (off) or >= 2 (FID needs a covariance); "
+                             f"got {self.fid_count}")
+        if self.fid_batch_size < 1:
+            raise ValueError(f"fid_batch_size must be >= 1; got {self.fid_batch_size}")
 
     def model_fields(self, source) -> dict[str, Any]:
         """resolution, channels and num_classes (0 unless class-conditional) of `source`."""
@@ -186,19 +207,37 @@ class Objective(AlignedObjective):
         return sample
 
     def evaluator(self, model: nn.Module, source, eval_source=None):
-        """Sample grid {"samples": uint8 image} and, where the source scores samples,
-        {"samples/<statistic>": value}; `eval_source` is not used (samples need no
-        held-out data)."""
+        """Sample grid {"samples": uint8 image}, where the source scores samples
+        {"samples/<statistic>": value} and, with `fid_count`, {"samples/fid",
+        "samples/kid_mean", "samples/kid_std"} (`sample_quality.score`, its own key
+        `fold_in(key, FID_STREAM)`); `eval_source` is not used (samples need no held-out
+        data).
+
+        Raises:
+          FileNotFoundError: `fid_count` > 0 without the Inception weights (before training
+            starts; the message names the fetch script).
+        """
         del eval_source
         sample = self.sampler(model, count=self.sample_count, steps=self.sample_steps,
                               guidance_scale=self.guidance_scale)
         statistics = getattr(source, "sample_statistics", None)
+        if self.fid_count:
+            fid_params = inception.load_params()
+            fid_batch = min(self.fid_batch_size, self.fid_count)
+            fid_sample = self.sampler(model, count=fid_batch, steps=self.sample_steps,
+                                      guidance_scale=self.guidance_scale)
 
         def evaluate(params, key):
             images = np.asarray(sample(params, key))
             scalars = {} if statistics is None else {
                 f"samples/{name}": value for name, value in
                 statistics(images.astype(np.float32) / 127.5 - 1.0).items()}
+            if self.fid_count:
+                scores = sample_quality.score(
+                    lambda batch_key: fid_sample(params, batch_key), source,
+                    count=self.fid_count, batch_size=fid_batch,
+                    key=jax.random.fold_in(key, FID_STREAM), params=fid_params)
+                scalars.update(scores.metrics())
             return Evaluation(scalars, {"samples": image_grid(images)})
 
         return evaluate

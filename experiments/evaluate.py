@@ -1,0 +1,124 @@
+r"""FID and KID of a generative training run's checkpoint: samples from the run's sampler (EMA
+weights by default) against as many real images of the run's own data source, at its
+resolution (Inception features, `lla.evaluation.sample_quality`; the real images' features
+are cached by (dataset, resolution, count) under `${LLA_CACHE:-~/.cache/lla}/fid/stats/`).
+
+    bash scripts/fetch_fid_weights.sh                    # once: the Inception weights
+    python -m experiments.evaluate --workdir=workdirs/llsa_pixel [--step=300] \
+        [--count=10000] [--steps=20] [--guidance_scale=1.0] [--batch_size=64] [--seed=0] \
+        [--raw_weights] [--kid_subset_size=1000]
+
+Writes `samples/fid`, `samples/kid_mean`, `samples/kid_std` (`samples_raw/...` with
+--raw_weights) at the checkpoint's step into the workdir's metrics (metrics.jsonl and
+TensorBoard, as the training loop does) and
+`<workdir>/eval/fid_<step>_n<count>_s<steps>_g<guidance>[_raw].json` with the settings, the
+scores, the jax version, the device and the seconds taken. The same scores come out of
+training evaluations with `--config.objective.fid_count=N` (flow matching).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+
+import jax
+from absl import app, flags, logging
+
+from experiments.checkpoints import restore
+from lla.evaluation import inception, sample_quality
+from lla.training.metrics import MetricWriter
+
+flags.DEFINE_string("workdir", None, "a training run's workdir (the config in force at the "
+                    "checkpoint's step comes from its config history)")
+flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)")
+flags.DEFINE_integer("count", 10_000, "number of samples, and of real images (up to the "
+                     "data set's size)")
+flags.DEFINE_integer("steps", 20, "sampler steps")
+flags.DEFINE_float("guidance_scale", 1.0, "classifier-free guidance (class-conditional runs)")
+flags.DEFINE_integer("batch_size", 64, "images per sampler call and Inception batch")
+flags.DEFINE_integer("seed", 0, "sampling seed")
+flags.DEFINE_bool("raw_weights", False, "use the raw instead of the EMA weights")
+flags.DEFINE_integer("kid_subset_size", 1000, "KID subset size (clipped to the set sizes)")
+flags.mark_flags_as_required(["workdir"])
+FLAGS = flags.FLAGS
+
+
+def evaluate(workdir: str | pathlib.Path, *, step: int | None = None, count: int = 10_000,
+             steps: int = 20, guidance_scale: float = 1.0, batch_size: int = 64,
+             seed: int = 0, raw_weights: bool = False, kid_subset_size: int = 1000,
+             progress: bool = True) -> tuple[dict, pathlib.Path]:
+    """Scores a checkpoint of `workdir` (module docstring); returns (the JSON record, its
+    path), after writing both it and the metrics.
+
+    Raises:
+      SystemExit: count < 2 or batch_size < 1, no workdir or checkpoint, an objective
+        without a sampler, or no Inception weights (naming the fetch script); all before
+        the checkpoint is read.
+    """
+    started = time.perf_counter()
+    workdir = pathlib.Path(workdir)
+    if count < 2:
+        raise SystemExit(f"--count must be >= 2 (FID needs a covariance); got {count}")
+    if batch_size < 1:
+        raise SystemExit(f"--batch_size must be >= 1; got {batch_size}")
+    if not workdir.is_dir():
+        raise SystemExit(f"no workdir {workdir}")
+
+    def can_score(experiment):  # before the checkpoint is read
+        if not hasattr(experiment.objective, "sampler"):
+            raise SystemExit(f"objective {experiment.config.objective.name!r} of {workdir} "
+                             f"has no sampler: FID scores generated images (e.g. a "
+                             f"flow_matching run)")
+        try:
+            inception.load_params()  # cached for `score`
+        except FileNotFoundError as error:
+            raise SystemExit(str(error)) from None
+
+    experiment, state, step = restore(workdir, step, check=can_score)
+    batch = min(batch_size, count)
+    sampler = experiment.objective.sampler(experiment.model, count=batch, steps=steps,
+                                           guidance_scale=guidance_scale)
+    weights = state.params if raw_weights else state.ema_params
+    scores = sample_quality.score(lambda key: sampler(weights, key), experiment.source,
+                                  count=count, batch_size=batch, key=jax.random.key(seed),
+                                  kid_subset_size=kid_subset_size, progress=progress)
+    writer = MetricWriter(workdir)
+    writer.write(step, scores.metrics("samples_raw/" if raw_weights else "samples/"))
+    writer.close()
+    source = experiment.source
+    record = {
+        "workdir": str(workdir), "step": step, "weights": "raw" if raw_weights else "ema",
+        "count": count, "reference_count": scores.reference_count, "steps": steps,
+        "guidance_scale": guidance_scale, "batch_size": batch, "seed": seed,
+        "dataset": experiment.config.data.name, "reference": scores.reference,
+        "resolution": source.resolution, "channels": source.channels,
+        "fid": scores.fid, "kid_mean": scores.kid_mean, "kid_std": scores.kid_std,
+        "kid_subset_size": scores.kid_subset_size, "feature_network": inception.VERSION,
+        "jax": jax.__version__, "device": jax.devices()[0].device_kind,
+        "seconds": round(time.perf_counter() - started, 2)}
+    name = (f"fid_{step:07d}_n{count}_s{steps}_g{guidance_scale:g}"
+            f"{'_raw' if raw_weights else ''}.json")
+    path = workdir / "eval" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return record, path
+
+
+def main(argv) -> None:
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    record, path = evaluate(FLAGS.workdir, step=FLAGS.step, count=FLAGS.count,
+                            steps=FLAGS.steps, guidance_scale=FLAGS.guidance_scale,
+                            batch_size=FLAGS.batch_size, seed=FLAGS.seed,
+                            raw_weights=FLAGS.raw_weights,
+                            kid_subset_size=FLAGS.kid_subset_size)
+    print(f"step {record['step']}: FID {record['fid']:.3f}, KID {record['kid_mean']:.5f} "
+          f"± {record['kid_std']:.5f} ({record['count']} samples, "
+          f"{record['reference_count']} real images of {record['dataset']} at "
+          f"{record['resolution']} px, {record['seconds']:.0f} s)")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    app.run(main)
