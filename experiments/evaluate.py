@@ -40,7 +40,8 @@ flags.DEFINE_integer("batch_size", 64, "images per sampler call and Inception ba
 flags.DEFINE_integer("seed", 0, "sampling seed")
 flags.DEFINE_bool("raw_weights", False, "use the raw instead of the EMA weights")
 flags.DEFINE_integer("kid_subset_size", 1000, "KID subset size (clipped to the set sizes)")
-flags.mark_flags_as_required(["workdir"])
+# --workdir is checked in main, not marked required: tests import this module into processes
+# that parse the global flags for other tools.
 FLAGS = flags.FLAGS
 
 
@@ -107,6 +108,8 @@ def evaluate(workdir: str | pathlib.Path, *, step: int | None = None, count: int
 
 def main(argv) -> None:
     del argv
+    if not FLAGS.workdir:
+        raise app.UsageError("--workdir is required: the training run to evaluate")
     logging.set_verbosity(logging.WARNING)
     record, path = evaluate(FLAGS.workdir, step=FLAGS.step, count=FLAGS.count,
                             steps=FLAGS.steps, guidance_scale=FLAGS.guidance_scale,
