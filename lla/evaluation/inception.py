@@ -408,10 +408,19 @@ def features(images: np.ndarray | jax.Array, *, params: dict | None = None,
         for start in range(0, count, batch_size):
             batch = np.asarray(images[start:start + batch_size])
             valid = len(batch)
-            if valid < batch_size and count > batch_size:
-                batch = np.concatenate([batch, np.zeros((batch_size - valid, *batch.shape[1:]),
-                                                        batch.dtype)])
+            if count > batch_size:
+                batch = pad_batch(batch, batch_size)
             out[start:start + valid] = np.asarray(
                 _batch_features(params, batch, precision))[:valid]
             bar.update(valid)
     return out
+
+
+def pad_batch(images: np.ndarray, size: int) -> np.ndarray:
+    """images [n <= size, ...] -> [size, ...], zero images appended (one jitted shape for
+    every batch)."""
+    images = np.asarray(images)
+    missing = size - len(images)
+    if missing <= 0:
+        return images
+    return np.concatenate([images, np.zeros((missing, *images.shape[1:]), images.dtype)])

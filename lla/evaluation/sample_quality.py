@@ -97,13 +97,8 @@ def padded_features(images: np.ndarray, batch_size: int, params: dict | None = N
                     ) -> np.ndarray:
     """Inception features float32 [n, 2048] of images [n <= batch_size, H, W, C], run as one
     batch of `batch_size` (zero-padded), so every call has one shape."""
-    images = np.asarray(images)
-    count = len(images)
-    if count < batch_size:
-        images = np.concatenate([images, np.zeros((batch_size - count, *images.shape[1:]),
-                                                  images.dtype)])
-    return inception.features(images, params=params, batch_size=batch_size,
-                              progress=False)[:count]
+    return inception.features(inception.pad_batch(images, batch_size), params=params,
+                              batch_size=batch_size, progress=False)[:len(images)]
 
 
 def sample_features(sample: Callable[[jax.Array], jax.Array], key: jax.Array, *, count: int,

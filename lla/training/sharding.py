@@ -120,10 +120,6 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def replicate(tree, mesh: Mesh):
-    """Places every leaf on every device of `mesh`."""
-    return jax.device_put(tree, replicated(mesh))
-
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (batch) axis split over "data" and "fsdp" jointly (those of them the mesh

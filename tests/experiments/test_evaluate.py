@@ -19,12 +19,13 @@ import numpy as np
 import pytest
 from absl.testing import flagsaver
 
-from configs import llsa_pixel, vit_fashion_mnist
+from configs import vit_fashion_mnist
 from experiments import evaluate
 from experiments.checkpoints import restore
 from lla.evaluation import fid, inception, sample_quality
 from lla.training import loop
 from lla.training import workdir as workdirs
+from tests.objectives.test_flow_matching_fid import tiny_config as fid_tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 WEIGHTS = inception.cache_dir() / inception.WEIGHTS_FILE
@@ -39,14 +40,10 @@ def _parsed_flags():
 
 
 def tiny_config():
-    """configs/llsa_pixel.py on 16 x 16 grey procedural shapes, LLSA block 4, top-2."""
-    config = llsa_pixel.get_config()
-    config.data.kwargs.resolution = 16
-    config.data.kwargs.channels = 1
-    config.model.attention_kwargs.block_size = 4
-    config.model.attention_kwargs.topk = 2
-    config.total_steps, config.checkpoint_every, config.log_every = 2, 2, 1
-    config.batch_size, config.eval_every = 4, 0
+    """The periodic-FID tests' tiny run (16 x 16 grey shapes, LLSA block 4, top-2, 2 steps)
+    without its evaluation."""
+    config = fid_tiny_config()
+    config.eval_every = 0
     return config
 
 

@@ -45,10 +45,14 @@ def linear_branch(q: jax.Array, k: jax.Array, v: jax.Array, marginal: jax.Array,
     values = pad_tokens(v.astype(jnp.float32), size)
     key_features = key_features.reshape(batch, -1, size, *key_features.shape[2:])
     values = values.reshape(batch, -1, size, *values.shape[2:])
-    states = jnp.repeat(jnp.einsum("bktgd,bktge->bkgde", key_features, values), group, axis=2)
-    norms = jnp.repeat(key_features.sum(2), group, axis=2)  # [Bt, nK, H, D]
-    summed_states = jnp.einsum("bhqk,bkhde->bqhde", marginal, states)
-    summed_norms = jnp.einsum("bhqk,bkhd->bqhd", marginal, norms)
+    states = jnp.einsum("bktgd,bktge->bkgde", key_features, values)  # [Bt, nK, Hkv, D, D]
+    norms = key_features.sum(2)  # [Bt, nK, Hkv, D]
+    # Query head h = g·group + r reads kv head g: no per-query-head copy of the states.
+    marginal = marginal.reshape(batch, -1, group, *marginal.shape[2:])
+    summed_states = jnp.einsum("bgrqk,bkgde->bqgrde", marginal, states).reshape(
+        batch, -1, heads, dim, dim)
+    summed_norms = jnp.einsum("bgrqk,bkgd->bqgrd", marginal, norms).reshape(
+        batch, -1, heads, dim)
     query_features = pad_tokens(feature_map(q, feature), size)
     query_features = query_features.reshape(batch, -1, size, heads, dim)
     numerator = jnp.einsum("bqthd,bqhde->bqthe", query_features, summed_states)

@@ -41,7 +41,9 @@ def classify(q: jax.Array, k: jax.Array, *, block_size: int, critical_blocks: in
     scores = jnp.einsum("bhqd,bkhd->bhqk", q_means, k_means, precision=lax.Precision.HIGHEST)
     order = jnp.argsort(-scores, axis=-1, stable=True).astype(jnp.int32)
     key_blocks = scores.shape[-1]
-    rank = jnp.argsort(order, axis=-1)  # rank[j]: position of key block j in the order
+    positions = jnp.broadcast_to(jnp.arange(key_blocks, dtype=jnp.int32), order.shape)
+    rank = jnp.put_along_axis(jnp.zeros_like(order), order, positions, axis=-1,
+                              inplace=False)  # rank[j]: position of key block j in the order
     marginal = (rank >= critical_blocks) & (rank < key_blocks - negligible_blocks)
     return BlockClasses(jnp.sort(order[..., :critical_blocks], axis=-1),
                         marginal.astype(jnp.float32))

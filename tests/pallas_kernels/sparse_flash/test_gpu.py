@@ -150,17 +150,23 @@ def assert_summary_tokens_join_the_softmax(attend, config, shape, summary_tokens
 
 
 def test_a_constant_group_equals_its_summary_with_log_count_bias():
+    assert_constant_groups_equal_their_summaries(
+        attend_gpu, gpu.make_config(4, 4, 2, 1, 32, 32, 8, summary_tokens=4, interpret=True))
+
+
+def assert_constant_groups_equal_their_summaries(attend, config):
     """K2's identity: keys and values constant over each of the last 4 blocks; listing only
     the first 4 blocks and adding each constant block as one summary token with bias ln 4
-    gives dense attention over all 32 tokens."""
+    gives dense attention over all 32 tokens, in the definition and in `attend(q, k, v,
+    indices, config, summary)` (config: blocks of 4, K = 4, H = 2, Hkv = 1, N = 32, D = 8,
+    S = 4)."""
     q, k, v = random_qkv((1, 32, 32, 2, 1, 8))
     k = k.at[:, 16:].set(jnp.repeat(k[:, 16::4], 4, axis=1))
     v = v.at[:, 16:].set(jnp.repeat(v[:, 16::4], 4, axis=1))
     summary = Summary(k[:, 16::4], v[:, 16::4], jnp.full((1, 4, 1), np.log(4.0)))
     indices = jnp.broadcast_to(jnp.arange(4, dtype=jnp.int32), (1, 2, 8, 4))
-    config = gpu.make_config(4, 4, 2, 1, 32, 32, 8, summary_tokens=4, interpret=True)
     with jax.default_matmul_precision("highest"):
         dense = masked_dense_attention(q, k, v, np.ones((32, 32), bool))
         for out in (attend_blocks(q, k, v, indices, block_size=4, summary=summary),
-                    attend_gpu(q, k, v, indices, config, summary)):
+                    attend(q, k, v, indices, config, summary)):
             assert relative_error(out, dense) < 1e-5
