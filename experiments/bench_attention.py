@@ -13,7 +13,9 @@ the same inputs — and only then is timed: forward and forward+backward (a VJP 
 cotangent), median over --samples after warm-up, each sample --inner back-to-back calls ended
 by block_until_ready. Ratios are baseline time / op time (> 1: faster than the baseline);
 an entry whose op also runs as "xla" with the same arguments in the same run gets its ratio
-over that reference too (`speedup_<mode>_vs_xla`).
+over that reference too (`speedup_<mode>_vs_xla`). Ops that say how many keys a query sees
+(`lla.attention.kept_keys`) get their density (keys per query / Nk), the ideal speed-up over
+dense attention (Nk / keys) and half of it, the block-sparse issue's speed bar.
 
 The baseline is --baseline (dense cuDNN); where it cannot run (CPU, float32) the first
 baseline implementation that can is used and named in the output. Results go to
@@ -109,6 +111,19 @@ def measure(entry: Entry, qkv, cotangent, modes, timing) -> dict:
     return result
 
 
+def sparsity(entry: Entry, qkv) -> dict:
+    """How much of dense attention the entry computes on these inputs: the mean keys per
+    query (`lla.attention.kept_keys`), density = keys / Nk, the ideal speed-up over dense
+    Nk / keys and the issue's bar, half of it; {} where the op does not say."""
+    q, k, v = qkv
+    keys = attention.kept_keys(entry.op, q, k, v, **entry.call_kwargs())
+    if keys is None:
+        return {}
+    ideal = k.shape[1] / keys
+    return {"keys_per_query": keys, "density": 1 / ideal, "ideal_speedup": ideal,
+            "speedup_bar": ideal / 2}
+
+
 def pick_baseline(candidates: list[Entry], qkv) -> Entry:
     reasons = []
     for entry in candidates:
@@ -134,7 +149,8 @@ def run(entries, shapes, baselines, dtype, modes, timing) -> dict:
             base = {**measure(baseline, qkv, cotangent, modes, timing), "gate": base_gate}
         for entry in entries:
             row = {"shape_name": shape_name, "shape": list(shape), "baseline": base,
-                   "gate": gate(entry, qkv, cotangent, "fwd_bwd" in modes, dtype)}
+                   "gate": gate(entry, qkv, cotangent, "fwd_bwd" in modes, dtype),
+                   **sparsity(entry, qkv)}
             if row["gate"]["passed"]:
                 row.update(measure(entry, qkv, cotangent, modes, timing))
                 for mode in modes if base else ():
@@ -173,6 +189,8 @@ def print_row(row, modes) -> None:
             text += (f"(base {base[f'{mode}_s'] * 1e3:9.3f}, x{row[f'speedup_{mode}']:6.2f})  ")
     if row["process_peak_bytes"]:
         text += f"peak {row['process_peak_bytes'] / 2**30:.2f} GiB "
+    if "density" in row:
+        text += f"density {row['density']:.4f} (ideal x{row['ideal_speedup']:.1f}) "
     print(text + (f"vs {base['entry']}" if base else ""), flush=True)
 
 

@@ -39,13 +39,16 @@ class Entry:
         label = self.op + (f":{self.implementation}" if self.implementation else "")
         return label + "".join(f"/{k}={_text(v)}" for k, v in self.kwargs)
 
-    def function(self, *, reference: bool = False):
-        """`f(q, k, v)` running this entry, or with `reference` the op's "xla" implementation.
+    def call_kwargs(self) -> dict:
+        """The op's keyword arguments of this entry: its own over the op's `default_kwargs`."""
+        return {**attention.get(self.op).default_kwargs, **dict(self.kwargs)}
 
-        The op's `default_kwargs` fill in the arguments the entry does not set."""
+    def function(self, *, reference: bool = False):
+        """`f(q, k, v)` running this entry, or with `reference` the op's "xla" implementation,
+        with `call_kwargs`."""
         op = attention.get(self.op)
         implementation = "xla" if reference else self.implementation
-        kwargs = {**op.default_kwargs, **dict(self.kwargs)}
+        kwargs = self.call_kwargs()
         return lambda q, k, v: op(q, k, v, implementation=implementation, **kwargs)
 
 

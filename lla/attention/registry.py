@@ -197,6 +197,13 @@ class AttentionOp:
         for the shared tests, models' "every op plugs in" tests and CPU benchmark runs.
       decoding: its incremental causal decoding (`Decoding`), or None. Needs
         `capabilities.causal`; sets `capabilities.decode`.
+      keys_per_query: `keys_per_query(q, k, v, **static) -> float32 scalar`, the mean number
+        of keys in one query's softmax for these inputs (pooled, global and summary tokens
+        count as keys; a causal mask's hidden keys still count where the kernels compute
+        them), or None where the op does not say. `static` are the keyword arguments the op
+        dispatches with (as its implementations receive them, without `config`); call it
+        through `kept_keys`, which finds them. Benchmarks turn it into the density
+        keys / Nk and the ideal speed-up over dense attention, Nk / keys.
     """
 
     name: str
@@ -207,6 +214,7 @@ class AttentionOp:
     default_kwargs: Mapping[str, Any] = types.MappingProxyType({})
     example_kwargs: Mapping[str, Any] = types.MappingProxyType({})
     decoding: Decoding | None = None
+    keys_per_query: Callable[..., jax.Array] | None = None
 
     def __post_init__(self):
         impls = self.implementations
@@ -374,6 +382,7 @@ class Dispatch:
     op: str
     implementation: str
     config: Any
+    static: Mapping[str, Any] = types.MappingProxyType({})  # the keyword arguments
 
 
 _LOGS: contextvars.ContextVar[tuple[list[Dispatch], ...]] = contextvars.ContextVar(
@@ -463,7 +472,22 @@ def call(op: AttentionOp, implementation: str | Sequence[str] | None, *args, **k
     for tunable implementations."""
     impl, config = select(op, implementation, *args, **kwargs)
     for log in _LOGS.get():
-        log.append(Dispatch(op.name, impl.name, config))
+        log.append(Dispatch(op.name, impl.name, config, types.MappingProxyType(kwargs)))
     if impl.tunable is None:
         return impl.fn(*args, **kwargs)
     return impl.fn(*args, config=config, **kwargs)
+
+
+def kept_keys(op: str | AttentionOp, q: jax.Array, k: jax.Array, v: jax.Array, *args,
+              **kwargs) -> float | None:
+    """The mean number of keys in one query's softmax when `op(q, k, v, *args, **kwargs)`
+    runs (see `AttentionOp.keys_per_query`), or None where the op does not say. The op's
+    call is traced abstractly (`jax.eval_shape`) to find its dispatched keyword arguments."""
+    op = get(op)
+    if op.keys_per_query is None:
+        return None
+    with dispatch_log() as log:
+        jax.eval_shape(lambda *arrays: op.fn(*arrays, **kwargs), q, k, v, *args)
+    static = dict(log[0].static)
+    count = jax.jit(lambda q, k, v: op.keys_per_query(q, k, v, **static))(q, k, v)
+    return float(count)

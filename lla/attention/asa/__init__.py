@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import jax
 
 from lla.attention import registry
-from lla.attention.asa import pallas_gpu, pallas_tpu, reference
+from lla.attention.asa import pallas_gpu, pallas_tpu, prober, reference
 from lla.attention.common.validation import check_flag, check_int, check_qkv
 
 
@@ -129,6 +129,7 @@ ASA = registry.register(registry.AttentionOp(
                      registry.Implementation("xla", reference.asa_xla)),
     summary="Video-BLADE ASA: sampled-token prober, blocks up to a cumulative mass tau",
     default_kwargs={"block_size": 128},
+    keys_per_query=prober.keys_per_query,
     example_kwargs={"block_size": 4, "samples": 2, "tau": 0.6, "max_keep": 0.5},
 ))
 
@@ -140,5 +141,6 @@ ASA_GT = registry.register(registry.AttentionOp(
                      registry.Implementation("xla", reference.asa_gt_xla)),
     summary="ASA plus always-visible mean-pooled global tokens with bias ln n (ASA_GT)",
     default_kwargs={"block_size": 128, "pool": 128},
+    keys_per_query=prober.keys_per_query,
     example_kwargs={"block_size": 4, "samples": 2, "tau": 0.6, "max_keep": 0.5, "pool": 4},
 ))

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from lla.attention.common.block_sparse import num_blocks
+from lla.attention.common.block_sparse import listed_keys, num_blocks
 
 
 def sample_positions(tokens: int, block_size: int, samples: int, seed: int) -> np.ndarray:
@@ -72,3 +72,14 @@ def select(q, k, *, block_size: int, samples: int, tau: float, min_keep: float,
     past_end = jnp.iinfo(jnp.int32).max
     picks = jnp.sort(jnp.where(keep, picks.astype(jnp.int32), past_end), axis=-1)
     return jnp.where(picks == past_end, -1, picks)
+
+
+def keys_per_query(q, k, v, *, block_size: int, samples: int, tau: float, min_keep: float,
+                   max_keep: float, seed: int, pool: int | None = None, **_) -> jax.Array:
+    """The ops' `keys_per_query`: the keys of the kept blocks (data-dependent), plus
+    ceil(Nk / pool) global tokens for ASA_GT (`pool` given)."""
+    del v
+    picks = select(q, k, block_size=block_size, samples=samples, tau=tau, min_keep=min_keep,
+                   max_keep=max_keep, seed=seed)
+    keys = listed_keys(picks, block_size, q.shape[1], k.shape[1])
+    return keys if pool is None else keys + num_blocks(k.shape[1], pool)

@@ -36,8 +36,7 @@ def block_means(x: jax.Array, block_size: int) -> jax.Array:
     padded = jnp.pad(x.astype(jnp.float32), ((0, 0), (0, blocks * block_size - tokens),
                                              (0, 0), (0, 0)))
     sums = padded.reshape(batch, blocks, block_size, heads, dim).sum(2)
-    counts = jnp.minimum(block_size, tokens - block_size * jnp.arange(blocks))
-    return sums / counts[:, None, None].astype(jnp.float32)
+    return sums / block_sizes(tokens, block_size)[:, None, None].astype(jnp.float32)
 
 
 def check_block_arguments(op: str, kv_tokens: int, block_size, topk) -> tuple[int, int]:
@@ -51,6 +50,23 @@ def check_block_arguments(op: str, kv_tokens: int, block_size, topk) -> tuple[in
                          f"(ceil(Nk / block_size) = ceil({kv_tokens} / {block_size})); use "
                          f"topk <= {key_blocks} or a smaller block_size")
     return block_size, topk
+
+
+def block_sizes(tokens: int, block_size: int) -> jax.Array:
+    """int32 [ceil(N / B)]: the tokens of each block (the last one's own count)."""
+    starts = block_size * jnp.arange(num_blocks(tokens, block_size))
+    return jnp.minimum(block_size, tokens - starts)
+
+
+def listed_keys(indices: jax.Array, block_size: int, q_tokens: int,
+                kv_tokens: int) -> jax.Array:
+    """indices int32 [Bt, H, nQ, K] (-1 = empty) -> float32 scalar: the mean over batch,
+    heads and queries of the keys in the blocks listed for the query's block (partial last
+    blocks counted by their own sizes); the block-sparse ops' `keys_per_query`."""
+    sizes = block_sizes(kv_tokens, block_size)
+    listed = jnp.where(indices >= 0, sizes[jnp.maximum(indices, 0)], 0).sum(-1)
+    queries = block_sizes(q_tokens, block_size)
+    return (listed * queries).sum(-1).astype(jnp.float32).mean() / q_tokens
 
 
 def pad_tokens(x: jax.Array, multiple: int) -> jax.Array:

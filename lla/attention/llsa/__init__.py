@@ -119,4 +119,5 @@ LLSA = registry.register(registry.AttentionOp(
     summary="log-linear sparse attention: hierarchical top-K + weighted coarse levels",
     default_kwargs={"block_size": 16, "topk": 8},
     example_kwargs={"block_size": 4, "topk": 2},
+    keys_per_query=hierarchy.keys_per_query,
 ))

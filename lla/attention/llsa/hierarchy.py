@@ -150,3 +150,15 @@ def select(q_levels: list[jax.Array], k_levels: list[jax.Array], block_size: int
         picks[level] = select_children(q_levels[level], k_levels[level], picks[level + 1],
                                        block_size, topk)
     return picks
+
+
+def keys_per_query(q: jax.Array, k: jax.Array, v: jax.Array, *, block_size: int, topk: int,
+                   levels: int, enrich_levels: int, **_) -> jax.Array:
+    """The op's `keys_per_query`: K·B fine keys, K·B candidates at each attended level
+    0 < l < L, and the N / B^L coarsest tokens when they are attended (Lₑ = L). A causal
+    query block attends to fewer (only complete past tokens): this is the count of one
+    with a whole sequence before it."""
+    del q, v
+    middle = min(enrich_levels, levels - 1)
+    coarsest = k.shape[1] // block_size ** levels if enrich_levels == levels else 0
+    return jnp.float32(topk * block_size * (1 + middle) + coarsest)

@@ -38,7 +38,7 @@ import numpy as np
 from lla.attention import registry
 from lla.attention.common.block_sparse import num_blocks
 from lla.attention.common.validation import check_flag, check_int, check_qkv
-from lla.attention.sla import pallas_gpu, pallas_tpu, reference
+from lla.attention.sla import pallas_gpu, pallas_tpu, reference, selection
 from lla.attention.sla.linear import FEATURE_MAPS
 
 
@@ -129,4 +129,5 @@ SLA = registry.register(registry.AttentionOp(
             "marginal ones (SLA)",
     default_kwargs={"block_size": 64, "critical": 0.2},
     example_kwargs={"block_size": 4, "critical": 0.2, "negligible": 0.2},
+    keys_per_query=selection.keys_per_query,
 ))

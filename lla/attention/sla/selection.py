@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from lla.attention.common.block_sparse import block_means
+from lla.attention.common.block_sparse import block_means, listed_keys
 
 
 class BlockClasses(NamedTuple):
@@ -47,3 +47,13 @@ def classify(q: jax.Array, k: jax.Array, *, block_size: int, critical_blocks: in
     marginal = (rank >= critical_blocks) & (rank < key_blocks - negligible_blocks)
     return BlockClasses(jnp.sort(order[..., :critical_blocks], axis=-1),
                         marginal.astype(jnp.float32))
+
+
+def keys_per_query(q: jax.Array, k: jax.Array, v: jax.Array, *, block_size: int,
+                   critical_blocks: int, negligible_blocks: int, **_) -> jax.Array:
+    """The op's `keys_per_query`: the keys of the critical blocks, the exact branch (the
+    linear branch's work per query, a [D, D] state product, is not counted as keys)."""
+    del v
+    classes = classify(q, k, block_size=block_size, critical_blocks=critical_blocks,
+                       negligible_blocks=negligible_blocks)
+    return listed_keys(classes.critical, block_size, q.shape[1], k.shape[1])

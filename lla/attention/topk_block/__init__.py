@@ -26,7 +26,7 @@ import jax
 from lla.attention import registry
 from lla.attention.common.block_sparse import check_block_arguments
 from lla.attention.common.validation import check_flag, check_qkv
-from lla.attention.topk_block import pallas_gpu, pallas_tpu, reference
+from lla.attention.topk_block import pallas_gpu, pallas_tpu, reference, selection
 
 
 def topk_block(
@@ -80,5 +80,6 @@ TOPK_BLOCK = registry.register(registry.AttentionOp(
                      registry.Implementation("xla", reference.topk_block_xla)),
     summary="top-K block-sparse attention over mean-pooled blocks (LLSA's Top-K baseline)",
     default_kwargs={"block_size": 16, "topk": 32},
+    keys_per_query=selection.keys_per_query,
     example_kwargs={"block_size": 4, "topk": 3},
 ))

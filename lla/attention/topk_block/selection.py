@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from lla.attention.common.block_sparse import block_means
+from lla.attention.common.block_sparse import block_means, listed_keys
 
 
 def select(q: jax.Array, k: jax.Array, *, block_size: int, topk: int, local: bool,
@@ -45,3 +45,12 @@ def select(q: jax.Array, k: jax.Array, *, block_size: int, topk: int, local: boo
     past_end = jnp.iinfo(jnp.int32).max
     picks = jnp.sort(jnp.where(values == -jnp.inf, past_end, picks.astype(jnp.int32)), -1)
     return jnp.where(picks == past_end, -1, picks)
+
+
+def keys_per_query(q: jax.Array, k: jax.Array, v: jax.Array, *, block_size: int, topk: int,
+                   local: bool, causal: bool, **_) -> jax.Array:
+    """The op's `keys_per_query`: the keys of the selected blocks, K·B when every slot is
+    filled (a causal diagonal block counts whole, as the kernels compute it)."""
+    del v
+    picks = select(q, k, block_size=block_size, topk=topk, local=local, causal=causal)
+    return listed_keys(picks, block_size, q.shape[1], k.shape[1])

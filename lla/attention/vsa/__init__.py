@@ -26,8 +26,9 @@ from collections.abc import Sequence
 import jax
 
 from lla.attention import registry
-from lla.attention.common.block_sparse import check_block_arguments
+from lla.attention.common.block_sparse import check_block_arguments, num_blocks
 from lla.attention.common.validation import check_flag, check_qkv
+from lla.attention.topk_block import selection
 from lla.attention.vsa import pallas_gpu, pallas_tpu, reference
 
 
@@ -62,6 +63,14 @@ def vsa(
                          interpret=interpret)
 
 
+def keys_per_query(q, k, v, *, block_size, topk, **_) -> jax.Array:
+    """The op's `keys_per_query`: the fine branch's K tiles of B keys plus the coarse
+    branch's ceil(Nk / B) pooled tiles."""
+    fine = selection.keys_per_query(q, k, v, block_size=block_size, topk=topk, local=False,
+                                    causal=False)
+    return fine + num_blocks(k.shape[1], block_size)
+
+
 VSA = registry.register(registry.AttentionOp(
     name="vsa",
     fn=vsa,
@@ -70,5 +79,6 @@ VSA = registry.register(registry.AttentionOp(
                      registry.Implementation("xla", reference.vsa_xla)),
     summary="video sparse attention: pooled-tile attention + fine top-K tile attention",
     default_kwargs={"block_size": 64, "topk": 32},
+    keys_per_query=keys_per_query,
     example_kwargs={"block_size": 4, "topk": 3},
 ))
