@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 import lla.attention as attention
+from experiments import profiling
 from experiments.benchmarking import (
     SHAPES,
     Entry,
@@ -56,6 +57,8 @@ flags.DEFINE_list("modes", ["fwd", "fwd_bwd"], "what to time: fwd, fwd_bwd")
 flags.DEFINE_integer("samples", 20, "timed samples per measurement (the median is reported)")
 flags.DEFINE_integer("warmup", 3, "untimed calls before sampling")
 flags.DEFINE_float("sample_seconds", 0.02, "target length of one sample (sets --inner)")
+flags.DEFINE_integer("profile_calls", 0, "also trace this many calls of each timed entry "
+                     "with the JAX profiler: device time per kernel (experiments.profiling)")
 flags.DEFINE_string("name", None, "results file name (default: from ops and dtype)")
 flags.DEFINE_string("results_dir", "experiments/results", "results root; <device>/ is added")
 
@@ -98,15 +101,27 @@ def compiled_bytes(fn, args) -> int:
     return int(memory.temp_size_in_bytes + memory.output_size_in_bytes)
 
 
-def measure(entry: Entry, qkv, cotangent, modes, timing) -> dict:
+def kernel_profile(fn, args, calls: int) -> dict:
+    """Where the device time of one call of the jitted `fn(*args)` goes, kernel by kernel
+    (`profiling.profile_steps` over `calls` calls)."""
+    compiled = jax.jit(fn)
+    summary = profiling.profile_steps(lambda: compiled(*args), calls, top=12,
+                                      hlo_text=compiled.lower(*args).compile().as_text())
+    return {key: summary[key] for key in ("device_ms_per_step", "kernels_per_step",
+                                          "by_category", "top_kernels")}
+
+
+def measure(entry: Entry, qkv, cotangent, modes, timing, profile_calls=0) -> dict:
     forward = entry.function()
+    calls = {"fwd": (forward, qkv), "fwd_bwd": (vjp_function(forward), (*qkv, cotangent))}
     result = {"entry": str(entry)}
-    if "fwd" in modes:
-        result["fwd_s"] = median_seconds(jax.jit(forward), qkv, **timing)
+    for mode in modes:
+        fn, args = calls[mode]
+        result[f"{mode}_s"] = median_seconds(jax.jit(fn), args, **timing)
+        if profile_calls:
+            result.setdefault("profile", {})[mode] = kernel_profile(fn, args, profile_calls)
     if "fwd_bwd" in modes:
-        backward = vjp_function(forward)
-        result["fwd_bwd_s"] = median_seconds(jax.jit(backward), (*qkv, cotangent), **timing)
-        result["fwd_bwd_compiled_bytes"] = compiled_bytes(backward, (*qkv, cotangent))
+        result["fwd_bwd_compiled_bytes"] = compiled_bytes(*calls["fwd_bwd"])
     result["process_peak_bytes"] = peak_bytes()
     return result
 
@@ -135,7 +150,7 @@ def pick_baseline(candidates: list[Entry], qkv) -> Entry:
     raise RuntimeError("no baseline can run: " + " | ".join(reasons))
 
 
-def run(entries, shapes, baselines, dtype, modes, timing) -> dict:
+def run(entries, shapes, baselines, dtype, modes, timing, profile_calls=0) -> dict:
     rows = []
     for shape_name in shapes:
         shape = parse_shape(shape_name)
@@ -152,7 +167,7 @@ def run(entries, shapes, baselines, dtype, modes, timing) -> dict:
                    "gate": gate(entry, qkv, cotangent, "fwd_bwd" in modes, dtype),
                    **sparsity(entry, qkv)}
             if row["gate"]["passed"]:
-                row.update(measure(entry, qkv, cotangent, modes, timing))
+                row.update(measure(entry, qkv, cotangent, modes, timing, profile_calls))
                 for mode in modes if base else ():
                     row[f"speedup_{mode}"] = base[f"{mode}_s"] / row[f"{mode}_s"]
             else:
@@ -215,7 +230,8 @@ def main(argv) -> int:
         "command": " ".join(sys.argv),
         "dtype": FLAGS.dtype,
         "timing": timing,
-        **run(entries, FLAGS.shapes, baselines, FLAGS.dtype, FLAGS.modes, timing),
+        **run(entries, FLAGS.shapes, baselines, FLAGS.dtype, FLAGS.modes, timing,
+              FLAGS.profile_calls),
     }
     name = FLAGS.name or "_".join(sorted({e.op for e in entries})) + f"_{FLAGS.dtype}"
     write_report(report, FLAGS.results_dir, name)

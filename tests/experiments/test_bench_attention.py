@@ -60,3 +60,17 @@ def test_grid_arguments_and_ratios_over_the_reference(tmp_path):
     assert rows[1]["speedup_fwd_vs_xla"] == pytest.approx(rows[0]["fwd_s"] / rows[1]["fwd_s"])
     assert bench_attention.Entry.parse(rows[1]["entry"]).kwargs == (
         ("spatial_shape", (8, 12)), ("kernel_size", (3, 5)))
+
+
+def test_sparse_ops_report_density_and_the_ideal_and_profiles_when_asked(tmp_path):
+    """topk_block with 2 of 8 blocks of 12 keys: 24 of 96 keys per query, ideal x4, bar x2;
+    the profile section is there (empty on CPU, which has no device timeline)."""
+    with flagsaver.flagsaver(ops="topk_block:xla/block_size=12/topk=2", shapes=["1x96x2x16"],
+                             dtype="float32", samples=2, warmup=1, sample_seconds=0.0,
+                             results_dir=str(tmp_path), name="sparse", profile_calls=1):
+        assert bench_attention.main([]) == 0
+    (row,) = json.loads((tmp_path / "cpu" / "sparse.json").read_text())["rows"]
+    assert row["keys_per_query"] == 24 and row["density"] == pytest.approx(0.25)
+    assert row["ideal_speedup"] == pytest.approx(4) and row["speedup_bar"] == pytest.approx(2)
+    assert set(row["profile"]) == {"fwd", "fwd_bwd"}
+    assert "top_kernels" in row["profile"]["fwd"]
