@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import lla.attention as attention
+from lla.attention.common import block_sparse
 from tests.attention.asa.oracle import asa_mask
 from tests.attention.llsa import oracle as llsa_oracle
 from tests.attention.sla.oracle import block_class_masks
@@ -91,3 +92,11 @@ def test_llsa_counts_the_oracle_key_sets(enrich_levels):
 def test_ops_that_do_not_say_give_none():
     q, k, v = qkv()
     assert attention.kept_keys("dense", q, k, v) is None
+
+
+def test_long_sequences_do_not_overflow():
+    """65,536 tokens in blocks of 128, all 512 blocks kept: the sums pass 2^31 in int32."""
+    tokens = 65536
+    indices = np.broadcast_to(np.arange(512, dtype=np.int32), (1, 1, 512, 512))
+    keys = block_sparse.listed_keys(jax.numpy.asarray(indices), 128, tokens, tokens)
+    assert float(keys) == tokens

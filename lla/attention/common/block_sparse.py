@@ -63,10 +63,10 @@ def listed_keys(indices: jax.Array, block_size: int, q_tokens: int,
     """indices int32 [Bt, H, nQ, K] (-1 = empty) -> float32 scalar: the mean over batch,
     heads and queries of the keys in the blocks listed for the query's block (partial last
     blocks counted by their own sizes); the block-sparse ops' `keys_per_query`."""
-    sizes = block_sizes(kv_tokens, block_size)
+    sizes = block_sizes(kv_tokens, block_size).astype(jnp.float32)  # no int32 overflow
     listed = jnp.where(indices >= 0, sizes[jnp.maximum(indices, 0)], 0).sum(-1)
-    queries = block_sizes(q_tokens, block_size)
-    return (listed * queries).sum(-1).astype(jnp.float32).mean() / q_tokens
+    queries = block_sizes(q_tokens, block_size).astype(jnp.float32)
+    return (listed * queries).sum(-1).mean() / q_tokens
 
 
 def pad_tokens(x: jax.Array, multiple: int) -> jax.Array:
