@@ -1,7 +1,8 @@
 """Quality metrics computed outside training losses: per-frame image similarity (`frames`),
 FID and KID of generated images (`fid`, on features of the `inception` network, whose weights
 `torchscript` reads from a TorchScript archive without torch), and of a sampler against its
-own data source (`sample_quality`, behind `experiments/evaluate.py`).
+own data source (`sample_quality`, behind `experiments/evaluate.py`), and whether samples
+copy training images (`memorisation`, behind `experiments/evaluate.py --memorisation`).
 
     from lla.evaluation import frames
     frames.psnr(prediction, truth)      # [..., H, W, C] in [-1, 1] -> [...] dB
@@ -15,6 +16,10 @@ own data source (`sample_quality`, behind `experiments/evaluate.py`).
 
     from lla.evaluation import sample_quality   # sample(key) -> uint8 [64, R, R, C]
     scores = sample_quality.score(sample, source, count=10_000, batch_size=64, key=key)
+
+    from lla.evaluation import memorisation     # uint8 images, Inception features
+    report = memorisation.check(samples, sample_feats, train, train_feats, held, held_feats)
+    report.summary()                            # nearest-training ratios vs held-out images
 
 The submodules are imported by name (`from lla.evaluation import fid`), so importing one
 does not load the others.

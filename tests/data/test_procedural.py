@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 
 from lla.data.procedural import (
+    MIN_STATISTICS_RESOLUTION,
     NUM_CLASSES,
     SHAPES,
     ProceduralShapes,
     background_residual,
+    frame_mask,
     rgb_hue,
     shape_statistics,
     signed_distance,
@@ -73,6 +75,37 @@ def test_statistic_accepts_data_and_rejects_noise(resolution):
     assert rejected["coverage"] > 0.5
     assert rejected["valid_fraction"] == 0.0
     assert rejected["label_accuracy"] < 0.3
+
+
+@pytest.mark.parametrize("resolution", [8, 11, 12, 13])
+def test_statistic_at_small_resolutions(resolution):
+    # Regression: at <= 12 px no pixel centre lies beyond BORDER, so the background frame was
+    # empty and the plane fit crashed; the frame is now the outermost pixel ring there.
+    images, labels = sample(ProceduralShapes(resolution), 64)
+    data = shape_statistics(images, labels)
+    assert data["valid_fraction"] == 1.0 and data["label_accuracy"] == 1.0
+    assert data["background_rmse"] < 0.01
+    noise = np.random.default_rng(0).uniform(-1, 1, images.shape).astype(np.float32)
+    assert shape_statistics(noise, labels)["valid_fraction"] == 0.0
+
+
+def test_frame_is_beyond_the_border_or_else_the_outermost_ring():
+    def ring(resolution, width):
+        inside = np.zeros((resolution, resolution), bool)
+        inside[width:resolution - width, width:resolution - width] = True
+        return ~inside.reshape(-1)
+
+    np.testing.assert_array_equal(frame_mask(12), ring(12, 1))
+    np.testing.assert_array_equal(frame_mask(13), ring(13, 1))  # centre 12/13 > 0.92
+    np.testing.assert_array_equal(frame_mask(64), ring(64, 3))  # |x| > 0.92: 2.56 pixels
+
+
+def test_statistic_refuses_images_below_the_minimum_and_the_source_skips_them():
+    images, _ = sample(ProceduralShapes(MIN_STATISTICS_RESOLUTION - 1), 4)
+    with pytest.raises(ValueError, match=r"need images of >= 8 x 8 pixels.*got 7 x 7"):
+        shape_statistics(images)
+    assert ProceduralShapes.sample_statistics(images) == {}
+    assert ProceduralShapes.sample_statistics(sample(ProceduralShapes(8), 4)[0])
 
 
 def test_statistic_sees_residual_noise():

@@ -3,7 +3,9 @@ EMA samples against the source's own images, equal to the scores recomputed from
 weights and the Inception network; the JSON and the metrics rows; the reference features
 cached once and read by the next evaluation; and the refusals (count < 2, an objective
 without a sampler, missing weights naming the fetch script). The FID of 2048-d features
-costs seconds on a CPU (two eigendecompositions), so the scenario is one test."""
+costs seconds on a CPU (two eigendecompositions), so the scenario is one test.
+--memorisation runs on a run over a folder of 8 such images with 5 more as its eval data:
+each sample's nearest training image and the held-out baseline against brute force."""
 
 from __future__ import annotations
 
@@ -15,13 +17,17 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from absl.testing import flagsaver
+from PIL import Image
 
 from configs import vit_fashion_mnist
 from experiments import evaluate
 from experiments.checkpoints import restore
+from lla.data import ImageFolder, ProceduralShapes
+from lla.data.imaging import save_png
 from lla.evaluation import fid, inception, sample_quality
 from lla.training import loop
 from lla.training import workdir as workdirs
@@ -173,4 +179,102 @@ def test_missing_weights_name_the_fetch_script(tmp_path):
     assert result.returncode != 0
     assert "bash scripts/fetch_fid_weights.sh" in result.stderr
     assert str(empty / "fid" / inception.WEIGHTS_FILE) in result.stderr
+    assert not (run / "eval").exists()
+
+
+def folder_data(path, indices):
+    """The config of an image folder at `path` holding ProceduralShapes(16, 1) `indices`."""
+    for index in indices:
+        save_png(ProceduralShapes(16, 1).example(index)[0], path / f"{index:02d}.png")
+    return ml_collections.ConfigDict(dict(name="image_folder", kwargs=dict(
+        path=str(path), resolution=16, channels=1)))
+
+
+@pytest.fixture(scope="module")
+def folder_workdir(tmp_path_factory):
+    """A 2-step run of `tiny_config` on a folder of 8 images, 5 others its eval data."""
+    root = tmp_path_factory.mktemp("folders")
+    config = tiny_config()
+    config.data = folder_data(root / "train", range(8))
+    config.eval_data = folder_data(root / "held_out", range(8, 13))
+    loop.train(config, root / "run", handle_signals=False)
+    return root / "run"
+
+
+def nearest(queries, keys):
+    """(distance, index) of the nearest row of keys [M, D] to each of queries [N, D]."""
+    distance = np.linalg.norm(queries[:, None].astype(np.float64) - keys[None], axis=-1)
+    return distance.min(1), distance.argmin(1)
+
+
+@needs_weights
+def test_memorisation_finds_each_sample_s_nearest_training_image(folder_workdir, cache,
+                                                                 capsys, monkeypatch):
+    # FID's two 2048-d eigendecompositions cost seconds; the scenario above checks them.
+    monkeypatch.setattr(fid, "frechet_distance", lambda a, b: 0.0)
+    with flagsaver.flagsaver(workdir=str(folder_workdir), count=4, steps=2, batch_size=4,
+                             seed=5, memorisation=True):
+        evaluate.main([])
+    assert "memorisation: " in capsys.readouterr().out
+    path = folder_workdir / "eval" / "fid_0000002_n4_s2_g1.json"
+    record = json.loads(path.read_text())
+    check = record["memorisation"]
+    assert {key: check[key] for key in ("baseline", "samples", "train", "reference_images",
+                                        "threshold", "per_sample", "grid")} == {
+        "baseline": "held_out", "samples": 4, "train": 8, "reference_images": 4,
+        "threshold": pytest.approx(1 / 3), "per_sample": "fid_0000002_n4_s2_g1_memorisation.npz",
+        "grid": "fid_0000002_n4_s2_g1_memorisation.png"}
+    assert metrics_rows(folder_workdir)[-1] == {
+        "step": 2, "samples/fid": record["fid"], "samples/kid_mean": record["kid_mean"],
+        "samples/kid_std": record["kid_std"]}
+
+    # The grid: one row per sample, most suspicious first: it, and its nearest training
+    # images in pixels and in Inception features (checked below).
+    grid = np.asarray(Image.open(path.with_name(check["grid"])))
+    assert grid.shape == (4 * 16, 3 * 16)
+    rows = [entry["sample"] for entry in check["most_suspicious"]]
+    assert sorted(rows) == [0, 1, 2, 3]
+    tiles = grid.reshape(4, 16, 3, 16).transpose(0, 2, 1, 3)[..., None]  # [row, column, ...]
+    images = np.empty((4, 16, 16, 1), np.uint8)
+    images[rows] = tiles[:, 0]
+
+    # Pixel space: against the 8 training images, named by their example indices; the
+    # baseline from the 4 held-out images of the eval source's reference draw.
+    train_source = ImageFolder(folder_workdir.parent / "train", 16, 1)
+    held_out_source = ImageFolder(folder_workdir.parent / "held_out", 16, 1)
+    train = np.stack([train_source.example(i)[0] for i in range(8)])
+    held_out = np.stack([held_out_source.example(int(i))[0] for i in
+                         sample_quality.reference_indices(held_out_source, 4)])
+    arrays = np.load(path.with_name(check["per_sample"]))
+    distance, index = nearest(images.reshape(4, -1), train.reshape(8, -1))
+    np.testing.assert_array_equal(arrays["pixel_train"], index)
+    np.testing.assert_allclose(arrays["pixel_distance"], distance / 127.5, rtol=1e-5)
+    baseline = np.median(nearest(held_out.reshape(4, -1), train.reshape(8, -1))[0]) / 127.5
+    assert check["pixel"]["baseline_distance"] == pytest.approx(baseline, rel=1e-5)
+    np.testing.assert_allclose(arrays["pixel_ratio"], distance / 127.5 / baseline, rtol=1e-5)
+    np.testing.assert_array_equal(tiles[:, 1], train[arrays["pixel_train"][rows]])
+
+    # Inception space: the training features are FID's cached reference of the whole source
+    # (in its draw order), the samples' those of the same images.
+    files = sorted(file.name for file in cache.iterdir())
+    assert files == sorted({sample_quality.reference_file(source, count).name for source, count
+                            in ((train_source, 4), (train_source, 8), (held_out_source, 4))})
+    draw = sample_quality.reference_indices(train_source, 8)
+    cached = np.load(sample_quality.reference_file(train_source, 8))["features"]
+    train_features = np.empty_like(cached)
+    train_features[draw] = cached
+    fake = inception.features(images, batch_size=4, progress=False)
+    distance, index = nearest(fake, train_features)
+    np.testing.assert_array_equal(arrays["inception_train"], index)
+    np.testing.assert_allclose(arrays["inception_distance"], distance, rtol=1e-3)
+    np.testing.assert_array_equal(tiles[:, 2], train[arrays["inception_train"][rows]])
+    assert [entry["ratio"] for entry in check["most_suspicious"]] == sorted(arrays["ratio"])
+
+
+@needs_weights
+def test_memorisation_refuses_an_infinite_training_source(tmp_path):
+    run = recorded_workdir(tmp_path / "run", tiny_config())
+    with pytest.raises(SystemExit, match=r"--memorisation needs a finite training set; .* "
+                                         r"ProceduralShapes, which never repeats"):
+        evaluate.evaluate(run, step=2, count=4, memorisation_check=True)
     assert not (run / "eval").exists()
