@@ -74,6 +74,8 @@ def alignment(weight: float, attention_name: str) -> dict[str, float]:
 
 def mesh() -> ml_collections.ConfigDict:
     """The device mesh every config starts from (`lla.training.sharding`): all devices on
-    "data", no parameter sharding; `--config.mesh.fsdp=4` (or `experiments.train --mesh=`)
-    shards parameters and optimizer state over groups of 4 devices."""
-    return ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+    "data", no parameter or token sharding; `--config.mesh.fsdp=4` (or
+    `experiments.train --mesh=`) shards parameters and optimizer state over groups of 4
+    devices, `--config.mesh.sequence=4` each image's tokens (models with a
+    `sequence_axis`, the DiT; `docs/sequence_parallel.md`)."""
+    return ml_collections.ConfigDict({"data": -1, "fsdp": 1, "sequence": 1})

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -10,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 import lla.attention as attention
-from lla.attention import token_order
+from lla.attention import parallel, token_order
 from lla.layers.rope import apply_rope
 from lla.layers.sparse_linear import SparseLinearAttention
 
@@ -34,19 +35,21 @@ class AlignedOutputs(NamedTuple):
 
 
 def align_with_dense(module: nn.Module, q: jax.Array, k: jax.Array, v: jax.Array,
-                     sparse: jax.Array, full_mode: jax.Array | bool,
+                     sparse: jax.Array, full_mode: jax.Array | bool, *,
+                     dense: Callable[..., jax.Array] = attention.dot_product_attention,
                      **masking) -> jax.Array:
     """SSA's two forward modes (`lla.objectives.alignment`): dense attention on the same q, k, v
     as the sparse op, both outputs sown, one passed on.
 
     q [B, N, H, D], k, v [B, N, Hkv, D]; sparse [B, N, H, D] is the op's output on them.
-    Computes full = `dot_product_attention(q, k, v, **masking)` (masking: the op's causal,
-    causal_block_size, segment_ids), sows `AlignedOutputs(full, sparse)` into the collection
+    Computes full = `dense(q, k, v, **masking)` (masking: the op's causal, causal_block_size,
+    segment_ids; `dense` is `dot_product_attention`, or its sequence-parallel form when the
+    tokens are sharded), sows `AlignedOutputs(full, sparse)` into the collection
     `ALIGNMENT` of `module` (name "outputs", one entry per call) and returns full where
     `full_mode` (a bool scalar, the step's mode) is true, else sparse: the task gradient then
     flows through the passed-on branch only.
     """
-    full = attention.dot_product_attention(q, k, v, **masking)
+    full = dense(q, k, v, **masking)
     module.sow(ALIGNMENT, "outputs", AlignedOutputs(full, sparse))
     return jnp.where(full_mode, full, sparse)
 
@@ -87,6 +90,12 @@ class Attention(nn.Module):
         over the op's `default_kwargs`. Ops on grids need `spatial_shape` here when x is
         [B, N, C]; with grid-shaped x it comes from the grid.
       qk_norm: RMS-normalise q and k per head before RoPE.
+      sequence_axis: a mesh axis name, or None. When the mesh in context (`jax.set_mesh`)
+        has this axis with P > 1 devices, the tokens of x [B, N, C] are taken as sharded
+        over it (consecutive N / P per device, in the order given) and the op runs its
+        sequence-parallel form (`lla.attention.parallel.sharded_attention`: "dense" as a
+        ring, "llsa"; other ops raise ValueError), as does the dense branch of the
+        alignment. Otherwise (no mesh, no such axis, P = 1) the op runs as usual.
       dtype: computation dtype (parameters stay float32).
 
     `rope` is (cos, sin), each [N, D / 2] (`lla.layers.rope.rope_2d`), one row per token of x
@@ -97,6 +106,7 @@ class Attention(nn.Module):
     op: str = "dense"
     op_kwargs: Mapping[str, Any] | None = None
     qk_norm: bool = True
+    sequence_axis: str | None = None
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -137,12 +147,19 @@ class Attention(nn.Module):
             q, k = RMSNorm(name="query_norm")(q), RMSNorm(name="key_norm")(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if self.op in OP_MODULES:
+        dense = attention.dot_product_attention
+        if parallel.axis_size(self.sequence_axis) > 1:
+            out = parallel.sharded_attention(self.op, q, k, v, axis_name=self.sequence_axis,
+                                             **kwargs)
+            dense = functools.partial(parallel.sharded_attention, "dense",
+                                      axis_name=self.sequence_axis)
+        elif self.op in OP_MODULES:
             out = OP_MODULES[self.op](name=self.op)(q, k, v, **kwargs)
         else:
             out = op(q, k, v, **kwargs)
         if full_mode is not None:
-            out = align_with_dense(self, q, k, v, out, full_mode, **self._dense_masking(kwargs))
+            out = align_with_dense(self, q, k, v, out, full_mode, dense=dense,
+                                   **self._dense_masking(kwargs))
         out = nn.Dense(width, dtype=self.dtype, name="out")(out.reshape(batch, tokens, width))
         if order is not None:
             out = order.from_op(out)

@@ -22,6 +22,20 @@ sparse mode:
 
     velocity, sown = model.apply(params, images, timesteps, full_mode=full,
                                  mutable=["alignment"])
+
+Sequence parallelism (`sequence_axis`, default "sequence"): under a mesh with that axis
+(`jax.set_mesh(mesh)`, e.g. `lla.training.sharding.make_mesh` with `config.mesh.sequence`
+= P > 1) every image's N tokens are sharded over it, N / P consecutive tokens of the op's
+order (Z-order for LLSA: a contiguous Morton range, whole pooled windows) per device, the
+batch over the other axes. The activations [B, N, C] are constrained to that sharding after
+the embedding and after every block, so adaLN, the MLP, the norms and RoPE run on each
+device's tokens; the attention runs the op's sequence-parallel form ("dense": a ring,
+"llsa": gathered pyramid; `lla.attention.parallel`). The permutation into the op's order
+(input) and back (output) act on the small pixel/patch arrays. docs/sequence_parallel.md.
+
+    mesh = jax.make_mesh((4,), ("sequence",), axis_types=(jax.sharding.AxisType.Auto,))
+    with jax.set_mesh(mesh):
+        velocity = jax.jit(model.apply)(params, images, timesteps)   # same as on one device
 """
 
 from __future__ import annotations
@@ -34,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lla.attention import token_order
+from lla.attention import parallel, token_order
 from lla.layers.adaln import AdaLNModulation, layer_norm, modulate
 from lla.layers.attention import Attention
 from lla.layers.embeddings import LabelEmbedder, TimestepEmbedder
@@ -56,6 +70,7 @@ class DiTBlock(nn.Module):
     attention: str
     attention_kwargs: Mapping[str, Any] | None
     mlp_ratio: float = 4.0
+    sequence_axis: str | None = None
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -63,7 +78,8 @@ class DiTBlock(nn.Module):
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = AdaLNModulation(
             self.width, 6, dtype=self.dtype, name="modulation")(condition)
         attended = Attention(self.num_heads, self.attention, self.attention_kwargs,
-                             dtype=self.dtype, name="attention")(
+                             sequence_axis=self.sequence_axis, dtype=self.dtype,
+                             name="attention")(
             modulate(layer_norm(x), shift_a, scale_a), rope, full_mode)
         x = x + gate_a[:, None] * attended
         mlp = Mlp(self.width, self.mlp_ratio, dtype=self.dtype, name="mlp")
@@ -101,6 +117,8 @@ class DiT(nn.Module):
       remat: recompute each block's activations in the backward pass (`nn.remat`), so
         training holds one block's activations instead of all `depth` (what 1024² images,
         a million tokens, need on one GPU); same values, one more forward per block.
+      sequence_axis: the mesh axis the tokens are sharded over when the mesh in context
+        has it with more than one device (module docstring); None: never sharded.
       dtype: compute dtype (parameters stay float32).
     """
 
@@ -117,6 +135,7 @@ class DiT(nn.Module):
     attention_kwargs: Mapping[str, Any] | None = None
     raster_order: bool = False
     remat: bool = False
+    sequence_axis: str | None = "sequence"
     rope_theta: float = 10000.0
     dtype: jnp.dtype = jnp.float32
 
@@ -156,6 +175,7 @@ class DiT(nn.Module):
 
         tokens = order.to_op(patchify(images, self.patch_size))
         x = nn.Dense(self.width, dtype=self.dtype, name="embed")(tokens.astype(self.dtype))
+        x = parallel.shard_tokens(x, self.sequence_axis)
         condition = TimestepEmbedder(self.width, dtype=self.dtype, name="timesteps")(timesteps)
         if self.num_classes:
             condition = condition + LabelEmbedder(
@@ -164,9 +184,10 @@ class DiT(nn.Module):
         op_kwargs = self.op_kwargs(order)
         block = nn.remat(DiTBlock) if self.remat else DiTBlock
         for index in range(self.depth):
-            x = block(self.width, self.num_heads, self.attention, op_kwargs,
-                         self.mlp_ratio, dtype=self.dtype, name=f"block{index}")(
-                x, condition, rope, full_mode)
+            x = block(self.width, self.num_heads, self.attention, op_kwargs, self.mlp_ratio,
+                      sequence_axis=self.sequence_axis, dtype=self.dtype,
+                      name=f"block{index}")(x, condition, rope, full_mode)
+            x = parallel.shard_tokens(x, self.sequence_axis)
         shift, scale = AdaLNModulation(self.width, 2, dtype=self.dtype,
                                        name="final_modulation")(condition)
         x = modulate(layer_norm(x), shift, scale)

@@ -1,4 +1,5 @@
-"""Data parallelism and FSDP over a 2-D device mesh ("data", "fsdp") with `jax.sharding`.
+"""Data parallelism, FSDP and sequence parallelism over a 3-D device mesh
+("data", "fsdp", "sequence") with `jax.sharding`.
 
 The mesh comes from `config.mesh` (all fields optional; a config without it trains
 data-parallel over every device, as before):
@@ -6,14 +7,19 @@ data-parallel over every device, as before):
     config.mesh = ml_collections.ConfigDict({
         "data": -1,                # batch replicas; -1: the devices the other axes leave
         "fsdp": 1,                 # devices each parameter (and its optimizer state) is split over
+        "sequence": 1,             # devices each example's tokens are split over
         "min_shard_size": 2**14,   # leaves with fewer elements stay replicated
     })
 
-The batch is split over both axes jointly (`P(("data", "fsdp"))`): every device sees
-batch_size / device_count rows. Parameters follow one shape-only rule (`leaf_spec`), so
-optimizer moments and EMA parameters, which have their parameter's shape, are split exactly
-like it, and every model family is covered without per-model code (the models carry no
-logical-axis annotations). `docs/sharding.md` gives the reasons and the memory arithmetic.
+The batch is split over "data" and "fsdp" jointly (`P(("data", "fsdp"))`): every device
+sees batch_size / (data · fsdp) rows, the same rows on the `sequence` devices of a group.
+A model that shards its tokens (the DiT's `sequence_axis`, `lla.attention.parallel`) splits
+those rows' tokens over "sequence" when it is traced under the mesh (`jax.set_mesh`); the
+mesh's axes are Auto, so XLA's partitioner does the rest. Parameters follow one shape-only
+rule (`leaf_spec`), so optimizer moments and EMA parameters, which have their parameter's
+shape, are split exactly like it, and every model family is covered without per-model code
+(the models carry no logical-axis annotations). `docs/sharding.md` gives the reasons and
+the memory arithmetic; `docs/sequence_parallel.md` the sequence axis.
 """
 
 from __future__ import annotations
@@ -26,8 +32,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-AXES = ("data", "fsdp")
-BATCH_AXES = AXES  # the batch axis is split over every device
+AXES = ("data", "fsdp", "sequence")
+BATCH_AXES = ("data", "fsdp")  # the batch axis is split over these jointly
+SEQUENCE_AXIS = "sequence"  # the token axis of models that shard their tokens
 MIN_SHARD_SIZE = 2 ** 14
 MESH_FIELDS = (*AXES, "min_shard_size")
 
@@ -44,7 +51,7 @@ def mesh_fields(config) -> dict:
     if unknown:
         raise ValueError(f"config.mesh has unknown fields {unknown}; known: "
                          f"{', '.join(MESH_FIELDS)}")
-    fields = {"data": -1, "fsdp": 1, "min_shard_size": MIN_SHARD_SIZE, **given}
+    fields = {"data": -1, "fsdp": 1, "sequence": 1, "min_shard_size": MIN_SHARD_SIZE, **given}
     for name, value in fields.items():
         low = 0 if name == "min_shard_size" else 1
         if isinstance(value, bool) or not isinstance(value, int) or (
@@ -80,16 +87,18 @@ def mesh_shape(sizes: Mapping[str, int], device_count: int) -> tuple[int, ...]:
 
 
 def make_mesh(config=None, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """The ("data", "fsdp") mesh `config.mesh` asks for, over `devices` (default: all devices
-    of all hosts, in `jax.devices()` order, so an fsdp group lies on one host when fsdp
-    divides the local device count)."""
+    """The ("data", "fsdp", "sequence") mesh `config.mesh` asks for, over `devices`
+    (default: all devices of all hosts, in `jax.devices()` order, so a sequence group, and
+    an fsdp group of sequence groups, lies on one host when fsdp · sequence divides the
+    local device count). Its axes are `AxisType.Auto` (XLA propagates shardings)."""
     devices = list(jax.devices() if devices is None else devices)
     shape = mesh_shape(mesh_fields(config), len(devices))
-    return Mesh(np.asarray(devices).reshape(shape), AXES)
+    return Mesh(np.asarray(devices).reshape(shape), AXES,
+                axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
 
 
 def data_mesh() -> Mesh:
-    """All devices on "data" (fsdp = 1): pure data parallelism."""
+    """All devices on "data" (fsdp = sequence = 1): pure data parallelism."""
     return make_mesh()
 
 
@@ -120,19 +129,25 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (batch) axis split over "data" and "fsdp" jointly (those of them the mesh
-    has)."""
-    return NamedSharding(mesh, P(tuple(axis for axis in BATCH_AXES if axis in mesh.shape)))
+    has), replicated over "sequence"."""
+    return NamedSharding(mesh, P(_batch_axes(mesh)))
 
 
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
-    """Raises ValueError unless `batch_size` splits evenly over the mesh's devices."""
-    if batch_size % mesh.size:
-        sizes = " x ".join(f"{axis} {size}" for axis, size in mesh.shape.items())
-        raise ValueError(f"batch_size {batch_size} must be a multiple of the {mesh.size} "
-                         f"devices ({sizes}); the batch is split over all of them")
+    """Raises ValueError unless `batch_size` splits evenly over the mesh's "data" x "fsdp"
+    devices."""
+    axes = _batch_axes(mesh)
+    replicas = math.prod(mesh.shape[axis] for axis in axes)
+    if batch_size % replicas:
+        sizes = " x ".join(f"{axis} {mesh.shape[axis]}" for axis in axes)
+        raise ValueError(f"batch_size {batch_size} must be a multiple of the {replicas} "
+                         f"devices ({sizes}); the batch is split over {' x '.join(axes)}")
+
+
+def _batch_axes(mesh: Mesh) -> tuple[str, ...]:
+    return tuple(axis for axis in BATCH_AXES if axis in mesh.shape)
 
 
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

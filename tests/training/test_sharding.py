@@ -1,6 +1,7 @@
-"""The ("data", "fsdp") mesh and FSDP: the rule, its errors, FSDP training equal to one device,
-and checkpoints written on 8 devices (fsdp = 4) resumed on 1 and on 4 (forced host devices,
-in subprocesses)."""
+"""The ("data", "fsdp", "sequence") mesh, FSDP and sequence parallelism: the rule, its errors,
+FSDP training equal to one device, checkpoints written on 8 devices (fsdp = 4) resumed on 1
+and on 4, and a training step with the DiT's tokens sharded (sequence = 2) equal to one
+device's (forced host devices, in subprocesses)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,39 @@ def run(workdir, devices: int, mesh=None, restore: int | None = None) -> dict:
             "losses": {row["step"]: row["loss"] for row in rows if "loss" in row}}
 
 
+# The loop's step (`Experiment.initial_state`, `sharded_train_step`) traced under the mesh
+# (`jax.set_mesh`), on one device and on data 2 x sequence 2; argv: out.npz.
+SEQUENCE_STEP = """
+import json, sys, numpy as np, jax
+from tests.training.test_loop import small_config
+from lla import data
+from lla.training import sharding
+from lla.training.experiment import Experiment
+report, params = {}, {}
+for name, (data_size, sequence_size) in (("single", (1, 1)), ("sequence", (2, 2))):
+    config = small_config(batch_size=4)
+    config.model.depth = 1
+    config.mesh = {"data": data_size, "sequence": sequence_size}
+    experiment = Experiment.from_config(config)
+    mesh = sharding.make_mesh(config, jax.devices()[:data_size * sequence_size])
+    batch = sharding.global_batch(next(data.batches(experiment.source, batch_size=4, seed=0)),
+                                  mesh)
+    with jax.set_mesh(mesh):
+        state = experiment.initial_state(mesh)
+        step = experiment.sharded_train_step(mesh, state).lower(state, batch).compile()
+        state, metrics = step(state, batch)
+    hlo = step.as_text()
+    report[name] = {"loss": float(metrics["loss"]), "grad_norm": float(metrics["grad_norm"]),
+                    # the MLP's hidden activations [rows, tokens, 256] per device
+                    "local_mlp": f"f32[{4 // data_size},{1024 // sequence_size},256]" in hlo,
+                    "all_tokens_mlp": f"f32[{4 // data_size},1024,256]" in hlo}
+    params[name] = [np.asarray(x) for x in jax.tree.leaves(state.params)]
+np.savez(sys.argv[1], **{f"{name}{i}": x for name, leaves in params.items()
+                         for i, x in enumerate(leaves)})
+print("RESULT", json.dumps(report))
+"""
+
+
 def assert_close(got: dict, expected: dict, steps) -> None:
     for step in steps:
         np.testing.assert_allclose(got["losses"][step], expected["losses"][step], rtol=1e-5)
@@ -98,9 +132,10 @@ def test_leaf_spec_splits_the_largest_divisible_dimension_of_large_leaves():
 
 
 def test_mesh_sizes_defaults_and_errors():
-    assert sharding.mesh_shape({"data": -1, "fsdp": 4}, 8) == (2, 4)
-    assert sharding.mesh_shape({"fsdp": -1}, 8) == (1, 8)
-    assert sharding.mesh_fields(None) == {"data": -1, "fsdp": 1,
+    assert sharding.mesh_shape({"data": -1, "fsdp": 4}, 8) == (2, 4, 1)
+    assert sharding.mesh_shape({"fsdp": -1}, 8) == (1, 8, 1)
+    assert sharding.mesh_shape({"data": -1, "sequence": 4}, 8) == (2, 1, 4)
+    assert sharding.mesh_fields(None) == {"data": -1, "fsdp": 1, "sequence": 1,
                                           "min_shard_size": sharding.MIN_SHARD_SIZE}
     with pytest.raises(ValueError, match="needs 6 devices; there are 8"):
         sharding.mesh_shape({"data": 2, "fsdp": 3}, 8)
@@ -112,6 +147,10 @@ def test_mesh_sizes_defaults_and_errors():
         sharding.mesh_fields({"mesh": {"model": 2}})
     with pytest.raises(ValueError, match=r"config\.mesh\.fsdp must be an int >= 1"):
         sharding.mesh_fields({"mesh": {"fsdp": 0}})
+    with pytest.raises(ValueError, match=r"config\.mesh\.sequence must be an int >= 1"):
+        sharding.mesh_fields({"mesh": {"sequence": 1.5}})
+    with pytest.raises(ValueError, match=r"\{'data': 2, 'fsdp': 1, 'sequence': 3\} needs 6"):
+        sharding.mesh_shape({"data": 2, "sequence": 3}, 8)
 
 
 def test_a_mesh_or_batch_that_does_not_fit_is_a_config_error(tmp_path):
@@ -119,9 +158,45 @@ def test_a_mesh_or_batch_that_does_not_fit_is_a_config_error(tmp_path):
     config.mesh = {"data": 1, "fsdp": 2 * jax.device_count()}
     with pytest.raises(loop.ConfigError, match="devices; there are"):
         loop.train(config, tmp_path / "mesh")
-    with pytest.raises(ValueError, match="batch_size 6 must be a multiple of the 4 devices"):
-        sharding.check_batch_size(6, jax.sharding.AbstractMesh((2, 2), sharding.AXES))
+    with pytest.raises(ValueError, match=r"batch_size 6 must be a multiple of the 4 devices "
+                                         r"\(data 2 x fsdp 2\); the batch is split over "
+                                         r"data x fsdp"):
+        sharding.check_batch_size(6, jax.sharding.AbstractMesh((2, 2, 2), sharding.AXES))
+    sharding.check_batch_size(2, jax.sharding.AbstractMesh((2, 1, 4), sharding.AXES))
     assert not (tmp_path / "mesh").exists()
+
+
+def test_the_batch_is_split_over_data_and_fsdp_and_replicated_over_sequence():
+    mesh = jax.sharding.AbstractMesh((2, 1, 4), sharding.AXES)
+    assert sharding.batch_sharding(mesh).spec == P(("data", "fsdp"))
+    assert sharding.make_mesh().axis_names == sharding.AXES
+    assert set(sharding.make_mesh().axis_types) == {jax.sharding.AxisType.Auto}
+
+
+def test_a_training_step_with_the_tokens_sharded_equals_one_device(tmp_path):
+    """The tiny LLSA DiT of `small_config` (32 x 32 pixel tokens, depth 1), one step on data 2
+    x sequence 2: loss, gradient norm and updated parameters as on one device (so the
+    gradients of the replicated parameters are summed over "sequence" too), with each
+    device's MLP on its 2 rows x 512 tokens."""
+    out = tmp_path / "step.npz"
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    done = subprocess.run([sys.executable, "-c", SEQUENCE_STEP, str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(next(line for line in done.stdout.splitlines()
+                             if line.startswith("RESULT ")).removeprefix("RESULT "))
+    single, sequence = report["single"], report["sequence"]
+    np.testing.assert_allclose(sequence["loss"], single["loss"], rtol=1e-5)
+    np.testing.assert_allclose(sequence["grad_norm"], single["grad_norm"], rtol=1e-5)
+    assert sequence["local_mlp"] and not sequence["all_tokens_mlp"], report
+    assert single["local_mlp"] and single["all_tokens_mlp"], report  # the probe sees them
+    params = np.load(out)
+    leaves = [name.removeprefix("single") for name in params.files if name.startswith("single")]
+    assert leaves and len(params.files) == 2 * len(leaves)
+    for leaf in leaves:
+        np.testing.assert_allclose(params[f"sequence{leaf}"], params[f"single{leaf}"],
+                                   rtol=1e-5, atol=1e-6)
 
 
 def test_fsdp_on_eight_devices_trains_like_one_device(single, fsdp):

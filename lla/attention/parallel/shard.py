@@ -11,15 +11,18 @@ from jax.sharding import Mesh, PartitionSpec
 
 
 def sequence_parallel(fn: Callable, mesh: Mesh, *, axis_name: str = "sequence",
-                      batch_axis: str | None = None, **kwargs) -> Callable:
+                      batch_axis: str | tuple[str, ...] | None = None,
+                      **kwargs) -> Callable:
     """Wraps a per-device attention (`ring_attention`, `sequence_parallel_llsa`) for global
     arrays.
 
     Args:
       fn: fn(q, k, v, *, axis_name, **kwargs) on one device's tokens.
-      mesh: a mesh with axis `axis_name` (P devices) and `batch_axis` if given.
+      mesh: a mesh (or the abstract mesh in context) with axis `axis_name` (P devices) and
+        `batch_axis` if given.
       axis_name: the mesh axis the tokens are sharded over.
-      batch_axis: a mesh axis the batch is sharded over (data parallelism), or None.
+      batch_axis: a mesh axis (or a tuple of them, split jointly) the batch is sharded over
+        (data parallelism), or None (replicated).
       **kwargs: fn's static options (causal, block_size, ...); with
         `return_residuals=True` fn returns (out, lse).
 
