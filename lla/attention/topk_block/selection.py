@@ -24,16 +24,25 @@ from jax import lax
 from lla.attention.common.block_sparse import block_means, listed_keys
 
 
+def ranking_means(q: jax.Array, k: jax.Array, block_size: int,
+                  causal: bool) -> tuple[jax.Array, jax.Array]:
+    """q [Bt, Nq, H, D], k [Bt, Nk, Hkv, D] -> float32 (q̄ [Bt, nQ, H, D], k̄ [Bt, nK, Hkv, D]),
+    no gradient: the block means that rank the key blocks (causal: q̄ of block b is the mean
+    of block b - 1, block 0 its own)."""
+    q_means = lax.stop_gradient(block_means(q, block_size))
+    if causal:
+        q_means = jnp.concatenate([q_means[:, :1], q_means[:, :-1]], axis=1)
+    return q_means, lax.stop_gradient(block_means(k, block_size))
+
+
 def select(q: jax.Array, k: jax.Array, *, block_size: int, topk: int, local: bool,
            causal: bool) -> jax.Array:
     """q [Bt, Nq, H, D], k [Bt, Nk, Hkv, D] -> int32 [Bt, H, nQ, K] key blocks per query
     block (see the module docstring)."""
     heads = q.shape[2]
-    q_means = lax.stop_gradient(block_means(q, block_size)).transpose(0, 2, 1, 3)
-    k_means = lax.stop_gradient(block_means(k, block_size))
+    q_means, k_means = ranking_means(q, k, block_size, causal)
+    q_means = q_means.transpose(0, 2, 1, 3)
     k_means = jnp.repeat(k_means, heads // k.shape[2], axis=2).transpose(0, 2, 1, 3)
-    if causal:  # block b ranks with the mean query of block b - 1
-        q_means = jnp.concatenate([q_means[:, :, :1], q_means[:, :, :-1]], axis=2)
     scores = jnp.einsum("bhqd,bhkd->bhqk", q_means, k_means, precision=lax.Precision.HIGHEST)
     query_block = jnp.arange(scores.shape[2])[:, None]
     key_block = jnp.arange(scores.shape[3])[None, :]

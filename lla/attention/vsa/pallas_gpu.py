@@ -1,6 +1,6 @@
-"""The "pallas_gpu" implementation of "vsa": the coarse branch and the selection in XLA, the
-fine branch on the sparse-flash GPU kernels (`lla.attention.common.block_sparse_pallas`), whose
-key tile is a `tuning` config."""
+"""The "pallas_gpu" implementation of "vsa": the coarse branch in XLA, the selection on
+topk_block's selection kernel, the fine branch on the sparse-flash GPU kernels
+(`lla.attention.common.block_sparse_pallas`), whose key tile is a `tuning` config."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import jax
 from lla.attention import registry
 from lla.attention.common import block_sparse_pallas as kernels
 from lla.attention.common.kernel_reasons import compiled_kernel_reasons
-from lla.attention.topk_block import selection
+from lla.attention.topk_block import pallas_gpu as topk_gpu
 from lla.attention.vsa.coarse import with_coarse
 from lla.pallas_kernels.sparse_flash import gpu
 
@@ -30,9 +30,8 @@ def unsupported_reasons(q, k, v, *, block_size, topk, interpret,
 @functools.partial(jax.jit, static_argnames=("block_size", "topk", "interpret", "config"))
 def vsa_pallas_gpu(q, k, v, *, block_size, topk, interpret, config: gpu.Config):
     """q [Bt, Nq, H, D], k/v [Bt, Nk, Hkv, D] -> [Bt, Nq, H, D]."""
-    del interpret
-    picks = selection.select(q, k, block_size=block_size, topk=topk, local=False,
-                             causal=False)
+    picks = topk_gpu.select(q, k, block_size=block_size, topk=topk, local=False,
+                            causal=False, interpret=interpret)
     return with_coarse(kernels.attend_gpu(q, k, v, picks, config), q, k, v, block_size)
 
 

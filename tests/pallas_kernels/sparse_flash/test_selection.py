@@ -1,0 +1,68 @@
+"""The block-selection kernel (interpret mode) against topk_block's XLA selection, which the
+topk_block oracle tests: the same picks, slot for slot, across query tiles, key chunks, a
+K that is not a power of two, partial blocks, GQA, ties, `local` and `causal`."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lla.attention.topk_block import pallas_gpu, selection
+from lla.pallas_kernels.sparse_flash import selection as kernel
+
+
+def qkv(tokens, heads=2, kv_heads=1, dim=16, seed=0):
+    keys = jax.random.split(jax.random.PRNGKey(seed), 2)
+    return (jax.random.normal(keys[0], (2, tokens, heads, dim)),
+            jax.random.normal(keys[1], (2, tokens, kv_heads, dim)))
+
+
+def both(q, k, chunk=None, **static):
+    """(kernel picks, XLA picks); `chunk` overrides the key chunk to force several chunks."""
+    want = selection.select(q, k, **static)
+    if chunk is None:
+        got = pallas_gpu.select(q, k, interpret=True, **static)
+    else:
+        q_means, k_means = selection.ranking_means(q, k, static["block_size"],
+                                                   static["causal"])
+        config = kernel.make_config(static["topk"], q.shape[2], k.shape[2],
+                                    q_means.shape[1], k_means.shape[1], q.shape[3],
+                                    causal=static["causal"], local=static["local"],
+                                    interpret=True)
+        got = kernel.select_blocks(q_means, k_means, dataclasses.replace(config, chunk=chunk))
+    return np.asarray(got), np.asarray(want)
+
+
+# 37 x 4 = 148 tokens: 37 blocks, 3 query tiles of 16 (the last one partial), 3 key chunks
+# of 16 with the chunk override (the last one partial); K = 5 pads to 8 slots.
+@pytest.mark.parametrize(("tokens", "topk", "chunk"), [(148, 5, 16), (148, 5, None),
+                                                       (150, 16, 16), (64, 16, None)])
+@pytest.mark.parametrize(("local", "causal"), [(False, False), (True, False), (False, True)])
+def test_kernel_picks_equal_the_xla_selection(tokens, topk, chunk, local, causal):
+    q, k = qkv(tokens)
+    got, want = both(q, k, chunk, block_size=4, topk=topk, local=local, causal=causal)
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    if causal:  # early query blocks have fewer past blocks than K: empty slots at the end
+        assert (got[:, :, 0, 1:] == -1).all()
+
+
+def test_ties_go_to_the_lower_block_across_chunks():
+    """Every key block equal: each query block keeps blocks 0..K-1, though the running best
+    and later chunks tie at every step."""
+    q, _ = qkv(128)
+    k = jnp.ones((2, 128, 1, 16))
+    got, want = both(q, k, 16, block_size=2, topk=6, local=False, causal=False)
+    np.testing.assert_array_equal(got, want)
+    assert (got == np.arange(6)).all()
+
+
+def test_gqa_rows_read_their_kv_head():
+    q, k = qkv(96, heads=4, kv_heads=2)
+    got, want = both(q, k, 16, block_size=2, topk=7, local=False, causal=False)
+    np.testing.assert_array_equal(got, want)
+    assert not (got[:, 0] == got[:, 2]).all()  # heads of different kv heads differ
