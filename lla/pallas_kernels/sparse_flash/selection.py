@@ -18,11 +18,13 @@ caller pads nQ to whole query tiles and nK to whole key chunks, `pad_means`):
 
 Grid (nQ' / tile, Bt·H): program (p, r) holds `tile` query-block means in registers and
 streams the key means in chunks of `chunk` blocks. Per chunk it scores them ([tile, chunk],
-one dot) and merges them into its running best K: K steps, each taking the larger of the
-running and the chunk's maxima (the running one on a tie: it holds only lower blocks, and
-inside each the lowest block among equal maxima). The work is [nQ, nK] dot products per row,
-as in XLA, but nothing of size nQ x nK reaches memory; the last step emits the K picks in
-ascending order.
+one dot) and inserts them into its running best K: only scores above a row's K-th best can
+enter, so the chunk takes as many steps as the most such scores of any row (at most K; few
+once the running best is good). Each step moves every row's best remaining chunk score
+(lowest block among equal ones) into the slot of its worst running one when strictly
+higher; among equal worst ones the highest block leaves, so ties keep the lower block, as
+`lax.top_k` does. The work is [nQ, nK] dot products per row, as in XLA, but nothing of size
+nQ x nK reaches memory; the last step emits the K picks in ascending order.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from jax.experimental.pallas import triton as plt
 from lla.pallas_kernels.common import HeadRows
 
 PAST_END = 2**31 - 1  # sorts after every block; becomes -1 (an empty slot)
+# (empty running slots hold the ids -1 - slot, above -PAST_END)
 
 
 def _next_power_of_two(n: int) -> int:
@@ -111,29 +114,31 @@ def _select_kernel(q_ref, k_ref, picks_ref, *, config: Config):
             scores = jnp.where(block > query_block, -jnp.inf, scores)
         if config.causal or config.local:
             scores = jnp.where(block == query_block, jnp.inf, scores)
+        # Only chunk scores above a row's K-th best can enter it: as many steps as the
+        # most such scores of any row (at most K).
+        kth = best_v.min(axis=1, keepdims=True)
+        steps = jnp.minimum(jnp.sum((scores > kth).astype(jnp.int32), axis=1).max(), topk)
 
-        def take_one(t, state):
-            run_v, run_i, scores, new_v, new_i = state
-            run_max = run_v.max(axis=1, keepdims=True)
-            chunk_max = scores.max(axis=1, keepdims=True)
-            from_run = run_max >= chunk_max
-            run_pick = jnp.where(run_v == run_max, run_i, PAST_END).min(axis=1, keepdims=True)
-            chunk_pick = jnp.where(scores == chunk_max, block, PAST_END).min(axis=1,
-                                                                            keepdims=True)
-            run_v = jnp.where(from_run & (run_i == run_pick), -jnp.inf, run_v)
-            scores = jnp.where(~from_run & (block == chunk_pick), -jnp.inf, scores)
-            here = slot == t
-            new_v = jnp.where(here, jnp.where(from_run, run_max, chunk_max), new_v)
-            new_i = jnp.where(here, jnp.where(from_run, run_pick, chunk_pick), new_i)
-            return run_v, run_i, scores, new_v, new_i
+        def insert_best(_, state):
+            best_v, best_i, scores = state
+            top = scores.max(axis=1, keepdims=True)
+            pick = jnp.where(scores == top, block, PAST_END).min(axis=1, keepdims=True)
+            kth = best_v.min(axis=1, keepdims=True)
+            # evict the worst slot; among equal worst the highest block (ties keep lower)
+            evict = jnp.where(best_v == kth, best_i, -PAST_END).max(axis=1, keepdims=True)
+            enter = top > kth  # a tie keeps the running block: it is lower
+            out = enter & (best_v == kth) & (best_i == evict)
+            best_v = jnp.where(out, top, best_v)
+            best_i = jnp.where(out, pick, best_i)
+            scores = jnp.where(block == pick, -jnp.inf, scores)
+            return best_v, best_i, scores
 
-        empty_v = jnp.full((tile, slots), -jnp.inf, jnp.float32)
-        _, _, _, best_v, best_i = lax.fori_loop(
-            0, topk, take_one, (best_v, best_i, scores, empty_v, best_i))
+        best_v, best_i, _ = lax.fori_loop(0, steps, insert_best, (best_v, best_i, scores))
         return best_v, best_i
 
-    start = (jnp.full((tile, slots), -jnp.inf, jnp.float32),
-             jnp.full((tile, slots), PAST_END, jnp.int32))
+    # slots >= K hold +inf so that they are never the worst and never evicted
+    start = (jnp.where(slot < topk, -jnp.inf, jnp.inf).astype(jnp.float32),
+             jnp.where(slot < topk, -1 - slot, PAST_END))
     best_v, best_i = lax.fori_loop(0, config.padded_key_blocks // chunk, merge_chunk, start)
     remaining = jnp.where((best_v > -jnp.inf) & (slot < topk), best_i, PAST_END)
 

@@ -66,3 +66,24 @@ def test_gqa_rows_read_their_kv_head():
     got, want = both(q, k, 16, block_size=2, topk=7, local=False, causal=False)
     np.testing.assert_array_equal(got, want)
     assert not (got[:, 0] == got[:, 2]).all()  # heads of different kv heads differ
+
+
+@pytest.mark.parametrize(("block_scores", "want"), [
+    # running {0: 5, 1: 1, 2: 1} after chunk 0; block 16 (3) evicts the higher of the tied
+    # worst, block 2
+    ({0: 5.0, **dict.fromkeys(range(1, 16), 1.0), 16: 3.0}, [0, 1, 16]),
+    # running {0: 5, 2: 2, 1: 1}; block 16 (3) evicts block 1, then block 17 (2) ties the
+    # new worst, block 2, and stays out: the lower block wins
+    ({0: 5.0, 1: 1.0, 2: 2.0, 16: 3.0, 17: 2.0}, [0, 2, 16]),
+])
+def test_exact_ties_in_the_merge_keep_the_lower_block(block_scores, want):
+    """Exact scores q̄·k̄ = c_j (q̄ = e0, k̄_j = c_j·e0) with ties at the K-th place, across
+    key chunks of 16 blocks of 2 tokens."""
+    values = np.zeros(96, np.float32)  # per token: 48 blocks of 2
+    for block, score in block_scores.items():
+        values[2 * block:2 * block + 2] = score
+    k = jnp.zeros((2, 96, 1, 16)).at[:, :, 0, 0].set(jnp.asarray(values))
+    q = jnp.zeros((2, 96, 2, 16)).at[..., 0].set(1.0)
+    got, expected = both(q, k, 16, block_size=2, topk=3, local=False, causal=False)
+    np.testing.assert_array_equal(got, expected)
+    assert (got == want).all()
