@@ -43,7 +43,11 @@ Measured (experiments/results/nvidia_h200/, jax 0.11.2):
   and 0.075 (dense), mean of the last 10 logged values; 9.8 vs 6.8 steps/s; samples are
   recognisable garments for both (fashion_mnist_64/).
   :res=256,model=S: training throughput, batch 2, one H200 (experiments.bench_train):
-  llsa (default 3 levels) 15.5 img/s vs dense cuDNN 1.56 img/s, 9.96x.
+  llsa (default 3 levels) 15.5 img/s vs dense cuDNN 1.56 img/s, 9.96x; with attention=<op>
+  (dit_s_256_train_throughput_block_sparse.json, docs/block_sparse.md): llsa 15.4,
+  topk_block 6.0 (6.7 with the selection kernel), vsa 5.4, sla 3.5, asa_gt 1.3, dense 1.5.
+  :res=1024,model=S: one training step, batch 1, bf16, remat, one H200: 1.53 s, process
+  peak 31.5 GiB, first step (compilation) 49 s (dit_s_1024_train_step.json).
   Not measured: full-length runs of the res >= 128 variants (no converged loss or FID to
   expect yet), res=512, model=B, the image_folder and tfds sources on real data.
 Any field can be overridden: `--config.total_steps=1000 --config.batch_size=32`.
