@@ -9,7 +9,9 @@ Writes checkpoints, metrics.jsonl, TensorBoard events, the config history and sa
 (`lla.training.loop` says what is checked). --restore_step=N resumes from checkpoint N,
 --restart starts over (the earlier run is moved to <workdir>/previous/, not deleted),
 --allow_config_change resumes although the model or data setup changed, --mesh=data=-1,fsdp=2
-lays the devices out for data parallelism and FSDP (sets `config.mesh`; `docs/sharding.md`).
+lays the devices out for data parallelism and FSDP, --mesh=data=-1,sequence=2 shards each
+image's tokens over pairs of devices (sets `config.mesh`; `docs/sharding.md`,
+`docs/sequence_parallel.md`).
 SIGTERM / SIGINT save a checkpoint and exit with 143 / 130; refusals (bad config, changed
 setup, locked workdir, unreadable checkpoints, non-finite loss) exit with 1 and one message;
 bad flags exit with 2; bugs keep their traceback.
@@ -46,7 +48,8 @@ flags.DEFINE_bool("restart", False, "start from step 0: move the earlier run's o
 flags.DEFINE_bool("allow_config_change", False, "resume even though the model, data or "
                   "objective setup differs from the run in the workdir")
 flags.DEFINE_string("mesh", None, "device mesh, e.g. data=-1,fsdp=2 (sets config.mesh; "
-                    "fields: data, fsdp, min_shard_size; default: all devices on data)")
+                    "fields: data, fsdp, sequence, min_shard_size; default: all devices "
+                    "on data)")
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 EXIT_CODES = {"SIGTERM": 128 + 15, "SIGINT": 128 + 2}

@@ -1,9 +1,10 @@
 """An experiment built from its config: data source, objective, model and optimizer, by name.
 
     experiment = Experiment.from_config(config)
-    mesh = sharding.make_mesh(config)        # ("data", "fsdp") from config.mesh
+    mesh = sharding.make_mesh(config)        # ("data", "fsdp", "sequence") from config.mesh
     state = experiment.initial_state(mesh)   # parameters, EMA, optimizer state sharded
     step = experiment.sharded_train_step(mesh, state)
+    evaluate = experiment.evaluator(mesh)    # the objective's evaluation, or None
 
 `config.data` names the source (`lla.data.get_source`), the optional `config.eval_data` (same
 layout) the held-out source the objective evaluates on, `config.objective` the objective
@@ -11,11 +12,18 @@ layout) the held-out source the objective evaluates on, `config.objective` the o
 the objective adds the model fields that follow from the data; `config.mesh` (optional) the
 device mesh and parameter sharding (`lla.training.sharding`). Nothing here knows a model or
 an objective by name.
+
+Everything here that runs the model runs under the mesh (`OnMesh`: `jax.set_mesh(mesh)`
+around each call, so jit traces there): a model that reads the mesh in context (the DiT's
+`sequence_axis`, `docs/sequence_parallel.md`) shards its tokens over `config.mesh.sequence`
+in initialisation, the train step and the periodic evaluation alike. On a mesh whose
+sequence axis is 1 the mesh changes nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -84,6 +92,27 @@ def model_fields(model_config) -> dict[str, Any]:
 
 
 @dataclasses.dataclass(frozen=True)
+class OnMesh:
+    """`fn` called under `jax.set_mesh(mesh)`: a jitted `fn` traces at its first call, so the
+    model it runs sees `mesh` (`jax.sharding.get_abstract_mesh()`). `lower(*args)` lowers a
+    jitted `fn` under the mesh too (for `.compile().as_text()`). Call it outside `jax.jit`
+    (`jax.set_mesh` refuses to be traced)."""
+
+    fn: Callable
+    mesh: jax.sharding.Mesh
+
+    def __call__(self, *args, **kwargs):
+        """`fn(*args, **kwargs)` under the mesh; same arguments and results as `fn`."""
+        with jax.set_mesh(self.mesh):
+            return self.fn(*args, **kwargs)
+
+    def lower(self, *args, **kwargs) -> jax.stages.Lowered:
+        """`fn.lower(*args, **kwargs)` (a jitted `fn`) under the mesh."""
+        with jax.set_mesh(self.mesh):
+            return self.fn.lower(*args, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
 class Experiment:
     config: ml_collections.ConfigDict
     source: Any
@@ -120,8 +149,9 @@ class Experiment:
 
     def abstract_state(self, mesh) -> train_state.TrainState:
         """The step-0 state as `jax.ShapeDtypeStruct`s carrying their shardings over `mesh`
-        (`sharding.state_shardings`); traces the model, computes nothing."""
-        shapes = jax.eval_shape(self._create_state, jax.random.key(self.config.seed))
+        (`sharding.state_shardings`); traces the model under `mesh`, computes nothing."""
+        shapes = OnMesh(jax.eval_shape, mesh)(self._create_state,
+                                              jax.random.key(self.config.seed))
         shardings = sharding.state_shardings(shapes, mesh, self.min_shard_size())
         return jax.tree.map(lambda s, d: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=d),
                             shapes, shardings)
@@ -130,21 +160,31 @@ class Experiment:
         """Step-0 train state (parameters from key `config.seed`) over `mesh`: parameters,
         EMA and optimizer moments split over "fsdp" by `sharding.leaf_spec` (replicated when
         fsdp is 1). Initialised under jit straight into those shardings, so no device ever
-        holds the whole state."""
+        holds the whole state. Traced under `mesh` (`OnMesh`)."""
         abstract = self.abstract_state(mesh)
         shardings = jax.tree.map(lambda leaf: leaf.sharding, abstract)
-        return jax.jit(self._create_state, out_shardings=shardings)(
-            jax.random.key(self.config.seed))
+        create = jax.jit(self._create_state, out_shardings=shardings)
+        return OnMesh(create, mesh)(jax.random.key(self.config.seed))
 
-    def sharded_train_step(self, mesh, state):
-        """`train_step()` jitted for `mesh`: the state keeps the shardings it has (as
-        `initial_state` or a restore made them, in and out, donated), the batch is split over
-        every device (`sharding.batch_sharding`), metrics come back replicated."""
+    def sharded_train_step(self, mesh, state) -> OnMesh:
+        """`train_step()` jitted for `mesh` and traced under it (`OnMesh`: call it, or
+        `.lower(state, batch)`): the state keeps the shardings it has (as `initial_state` or
+        a restore made them, in and out, donated), the batch [batch_size, ...] is split over
+        "data" x "fsdp" (`sharding.batch_sharding`), metrics come back replicated."""
         shardings = jax.tree.map(lambda leaf: leaf.sharding, state)
-        return jax.jit(self.train_step(),
+        step = jax.jit(self.train_step(),
                        in_shardings=(shardings, sharding.batch_sharding(mesh)),
                        out_shardings=(shardings, sharding.replicated(mesh)),
                        donate_argnums=0)
+        return OnMesh(step, mesh)
+
+    def evaluator(self, mesh) -> OnMesh | None:
+        """The objective's periodic `evaluate(params, key) -> Evaluation` (its `evaluator`
+        on the model, the source and `eval_source`) run under `mesh` (`OnMesh`), so its
+        sampler, FID or test batches run the model as the train step does; None when the
+        objective has none."""
+        evaluate = self.objective.evaluator(self.model, self.source, self.eval_source)
+        return None if evaluate is None else OnMesh(evaluate, mesh)
 
     def train_step(self, seed: int | None = None):
         """`step(state, batch) -> (state, metrics)` (see `make_train_step`)."""

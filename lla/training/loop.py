@@ -3,12 +3,15 @@ the config names the data, the objective and the model (`Experiment`); AdamW + E
 parallelism and FSDP over all devices, Orbax checkpoints with automatic resume, metrics, a
 progress bar and the objective's periodic evaluation (sample grids for generative models).
 
-Devices: `config.mesh` (optional; `docs/sharding.md`) lays them out as a ("data", "fsdp") mesh:
-`{"data": -1, "fsdp": 1, "min_shard_size": 16384}` by default, i.e. pure data parallelism over
-every device. `fsdp = n` splits each parameter, its EMA and its AdamW moments over groups of n
-devices (its largest dimension divisible by n; leaves under `min_shard_size` elements and
-leaves nothing divides stay replicated); -1 gives an axis the remaining devices. The batch is
-split over all devices, so `batch_size` must be a multiple of the device count. The mesh is
+Devices: `config.mesh` (optional; `docs/sharding.md`) lays them out as a ("data", "fsdp",
+"sequence") mesh: `{"data": -1, "fsdp": 1, "sequence": 1, "min_shard_size": 16384}` by
+default, i.e. pure data parallelism over every device. `fsdp = n` splits each parameter, its
+EMA and its AdamW moments over groups of n devices (its largest dimension divisible by n;
+leaves under `min_shard_size` elements and leaves nothing divides stay replicated);
+`sequence = P` splits each example's tokens over P devices in models that shard their tokens
+(the DiT; `docs/sequence_parallel.md`): initialisation, the train step and the evaluation run
+under the mesh (`Experiment`); -1 gives an axis the remaining devices. The batch is split
+over "data" x "fsdp", so `batch_size` must be a multiple of their product. The mesh is
 not part of the run's identity: a checkpoint restores onto any mesh and device count (each
 array is read straight into the current mesh's shardings), and the run continues as it would
 have on the old one.
@@ -227,8 +230,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
             workdirs.record_start(workdir, start, config_dict)
         writer = MetricWriter(workdir, enabled=is_chief)
         step_fn = experiment.sharded_train_step(mesh, state)
-        evaluate = experiment.objective.evaluator(experiment.model, experiment.source,
-                                                  experiment.eval_source)
+        evaluate = experiment.evaluator(mesh)
         batches = data.batches(experiment.source, batch_size=config.batch_size,
                                seed=config.seed, start_step=start,
                                process_index=jax.process_index(),

@@ -1,10 +1,12 @@
 """The ("data", "fsdp", "sequence") mesh, FSDP and sequence parallelism: the rule, its errors,
 FSDP training equal to one device, checkpoints written on 8 devices (fsdp = 4) resumed on 1
-and on 4, and a training step with the DiT's tokens sharded (sequence = 2) equal to one
-device's (forced host devices, in subprocesses)."""
+and on 4, and the driver with the DiT's tokens sharded (sequence = 2) training and sampling
+like one device (forced host devices, in subprocesses); the experiment's model traced under
+its mesh (in process)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -13,15 +15,20 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
+from PIL import Image
 
+from lla.objectives import Evaluation
 from lla.training import loop, sharding
+from lla.training.experiment import Experiment
 from tests.training.test_loop import small_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STEPS = 4
+SEQUENCE_STEPS = 3
 
 # argv: workdir, params.npz, config.mesh as JSON ("null": none), restore step ("": newest).
 RUN = """
@@ -66,37 +73,33 @@ def run(workdir, devices: int, mesh=None, restore: int | None = None) -> dict:
             "losses": {row["step"]: row["loss"] for row in rows if "loss" in row}}
 
 
-# The loop's step (`Experiment.initial_state`, `sharded_train_step`) traced under the mesh
-# (`jax.set_mesh`), on one device and on data 2 x sequence 2; argv: out.npz.
-SEQUENCE_STEP = """
+# The driver (`loop.train`, as `experiments.train` runs it) on the tiny LLSA DiT of
+# `small_config` (32 x 32 pixel tokens, depth 1) for SEQUENCE_STEPS steps, the last with a
+# sample grid; then the compiled step `Experiment.sharded_train_step` gives the loop, built
+# outside any `jax.set_mesh`. argv: workdir, out.npz, config.mesh as JSON.
+SEQUENCE_RUN = """
 import json, sys, numpy as np, jax
 from tests.training.test_loop import small_config
 from lla import data
-from lla.training import sharding
+from lla.training import loop, sharding
 from lla.training.experiment import Experiment
-report, params = {}, {}
-for name, (data_size, sequence_size) in (("single", (1, 1)), ("sequence", (2, 2))):
-    config = small_config(batch_size=4)
-    config.model.depth = 1
-    config.mesh = {"data": data_size, "sequence": sequence_size}
-    experiment = Experiment.from_config(config)
-    mesh = sharding.make_mesh(config, jax.devices()[:data_size * sequence_size])
-    batch = sharding.global_batch(next(data.batches(experiment.source, batch_size=4, seed=0)),
-                                  mesh)
-    with jax.set_mesh(mesh):
-        state = experiment.initial_state(mesh)
-        step = experiment.sharded_train_step(mesh, state).lower(state, batch).compile()
-        state, metrics = step(state, batch)
-    hlo = step.as_text()
-    report[name] = {"loss": float(metrics["loss"]), "grad_norm": float(metrics["grad_norm"]),
-                    # the MLP's hidden activations [rows, tokens, 256] per device
-                    "local_mlp": f"f32[{4 // data_size},{1024 // sequence_size},256]" in hlo,
-                    "all_tokens_mlp": f"f32[{4 // data_size},1024,256]" in hlo}
-    params[name] = [np.asarray(x) for x in jax.tree.leaves(state.params)]
-np.savez(sys.argv[1], **{f"{name}{i}": x for name, leaves in params.items()
-                         for i, x in enumerate(leaves)})
-print("RESULT", json.dumps(report))
-"""
+workdir, out, mesh = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+config = small_config(total_steps=STEPS, eval_every=STEPS, checkpoint_every=100)
+config.model.depth = 1
+config.mesh = mesh
+state = loop.train(config, workdir)
+np.savez(out, *[np.asarray(x) for x in jax.tree.leaves(state.params)])
+experiment = Experiment.from_config(config)
+mesh = sharding.make_mesh(config)
+batch = sharding.global_batch(next(data.batches(experiment.source, batch_size=4, seed=0)), mesh)
+hlo = experiment.sharded_train_step(mesh, state).lower(state, batch).compile().as_text()
+rows, tokens = 4 // mesh.shape["data"], 1024 // mesh.shape["sequence"]
+print("RESULT", json.dumps({
+    "devices": jax.device_count(), "all_gather": "all-gather" in hlo,
+    # the MLP's hidden activations [rows, tokens, 256]: each device's, or all the tokens
+    "local_mlp": f"f32[{rows},{tokens},256]" in hlo,
+    "all_tokens_mlp": f"f32[{rows},1024,256]" in hlo}))
+""".replace("STEPS", str(SEQUENCE_STEPS))
 
 
 def assert_close(got: dict, expected: dict, steps) -> None:
@@ -173,30 +176,89 @@ def test_the_batch_is_split_over_data_and_fsdp_and_replicated_over_sequence():
     assert set(sharding.make_mesh().axis_types) == {jax.sharding.AxisType.Auto}
 
 
-def test_a_training_step_with_the_tokens_sharded_equals_one_device(tmp_path):
-    """The tiny LLSA DiT of `small_config` (32 x 32 pixel tokens, depth 1), one step on data 2
-    x sequence 2: loss, gradient norm and updated parameters as on one device (so the
-    gradients of the replicated parameters are summed over "sequence" too), with each
-    device's MLP on its 2 rows x 512 tokens."""
-    out = tmp_path / "step.npz"
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    done = subprocess.run([sys.executable, "-c", SEQUENCE_STEP, str(out)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(next(line for line in done.stdout.splitlines()
-                             if line.startswith("RESULT ")).removeprefix("RESULT "))
-    single, sequence = report["single"], report["sequence"]
-    np.testing.assert_allclose(sequence["loss"], single["loss"], rtol=1e-5)
-    np.testing.assert_allclose(sequence["grad_norm"], single["grad_norm"], rtol=1e-5)
-    assert sequence["local_mlp"] and not sequence["all_tokens_mlp"], report
-    assert single["local_mlp"] and single["all_tokens_mlp"], report  # the probe sees them
-    params = np.load(out)
-    leaves = [name.removeprefix("single") for name in params.files if name.startswith("single")]
-    assert leaves and len(params.files) == 2 * len(leaves)
-    for leaf in leaves:
-        np.testing.assert_allclose(params[f"sequence{leaf}"], params[f"single{leaf}"],
-                                   rtol=1e-5, atol=1e-6)
+def test_the_driver_with_the_tokens_sharded_trains_and_samples_like_one_device(tmp_path):
+    """`loop.train` on data 2 x sequence 2 (4 devices) and on one device, 3 steps of the tiny
+    LLSA DiT: the same losses and parameters (so the gradients of the replicated parameters
+    are summed over "sequence" too) and the same sample grid; the step the driver compiles
+    holds LLSA's all-gathers and runs each device's MLP on its 2 rows x 512 of the 1,024
+    tokens (the model traced under the mesh, not the tokens replicated)."""
+    meshes = {"single": (1, {"data": 1}), "sequence": (4, {"data": 2, "sequence": 2})}
+    running = {}
+    for name, (devices, mesh) in meshes.items():  # the two processes run side by side
+        running[name] = subprocess.Popen(
+            [sys.executable, "-c", SEQUENCE_RUN, str(tmp_path / name),
+             str(tmp_path / f"{name}.npz"), json.dumps(mesh)], cwd=ROOT,
+            env=dict(os.environ, JAX_PLATFORMS="cpu",
+                     XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runs = {}
+    for name, process in running.items():
+        stdout, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-3000:]
+        report = json.loads(next(line for line in stdout.splitlines()
+                                 if line.startswith("RESULT ")).removeprefix("RESULT "))
+        rows = [json.loads(row) for row in
+                (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        grid = tmp_path / name / "samples" / f"step_{SEQUENCE_STEPS:07d}.png"
+        runs[name] = {**report, "params": np.load(tmp_path / f"{name}.npz"),
+                      "losses": {row["step"]: row["loss"] for row in rows if "loss" in row},
+                      "scored": any("samples/valid_fraction" in row for row in rows),
+                      "grid": np.asarray(Image.open(grid), np.int32)}
+    single, sequence = runs["single"], runs["sequence"]
+    assert (single["devices"], sequence["devices"]) == (1, 4)
+    assert sorted(sequence["losses"]) == list(range(1, SEQUENCE_STEPS + 1))
+    assert_close(sequence, single, range(1, SEQUENCE_STEPS + 1))
+    assert sequence["all_gather"] and sequence["local_mlp"], sequence
+    assert not sequence["all_tokens_mlp"], sequence
+    assert single["all_tokens_mlp"] and not single["all_gather"], single  # the probes see
+    assert sequence["scored"] and single["scored"]
+    assert sequence["grid"].shape == single["grid"].shape
+    assert np.abs(sequence["grid"] - single["grid"]).max() <= 1  # uint8 rounding at most
+
+
+class MeshRecorder:
+    """A stand-in objective (parameters {"w": f32 [4]}, loss sum(w²), an empty evaluation)
+    that notes the axis sizes of the mesh in context (`get_abstract_mesh`) whenever it is
+    traced or run: in `init`, `loss` and `evaluate`."""
+
+    def __init__(self):
+        self.seen = []
+
+    def _note(self, what: str) -> None:
+        self.seen.append((what, dict(jax.sharding.get_abstract_mesh().shape)))
+
+    def init(self, model, key):
+        self._note("init")
+        return {"w": jnp.ones((4,))}
+
+    def loss(self, model, params, batch, key):
+        self._note("loss")
+        return jnp.sum(jnp.square(params["w"])), {}
+
+    def evaluator(self, model, source, eval_source=None):
+        def evaluate(params, key):
+            self._note("evaluate")
+            return Evaluation({"w": float(jnp.sum(params["w"]))})
+
+        return evaluate
+
+
+def test_the_experiment_traces_init_step_and_evaluation_under_its_mesh():
+    """`initial_state` (its shapes and its values), the step of `sharded_train_step` and the
+    evaluation of `evaluator` run under the mesh they are given, though called outside any
+    `jax.set_mesh`, and leave no mesh set."""
+    experiment = dataclasses.replace(Experiment.from_config(small_config()),
+                                     objective=MeshRecorder())
+    mesh = sharding.make_mesh()
+    state = experiment.initial_state(mesh)
+    step = experiment.sharded_train_step(mesh, state)
+    state, metrics = step(state, {"image": np.zeros((len(mesh.devices.flat), 2), np.float32)})
+    evaluation = experiment.evaluator(mesh)(state.ema_params, jax.random.key(1))
+    assert float(metrics["loss"]) == 4.0 and set(evaluation.scalars) == {"w"}
+    sizes = dict(mesh.shape)
+    assert experiment.objective.seen == [("init", sizes), ("init", sizes), ("loss", sizes),
+                                         ("evaluate", sizes)]
+    assert jax.sharding.get_abstract_mesh().empty
 
 
 def test_fsdp_on_eight_devices_trains_like_one_device(single, fsdp):
