@@ -138,9 +138,9 @@ def evaluate(workdir: str | pathlib.Path, *, step: int | None = None, count: int
     path.parent.mkdir(parents=True, exist_ok=True)
     if memorisation_check:
         record["memorisation"] = check_memorisation(
-            experiment, np.concatenate(sampled)[:count], path.with_suffix(""),
-            count=count, batch_size=batch, threshold=memorisation_threshold,
-            progress=progress)
+            experiment, np.concatenate(sampled)[:count], scores.sample_features,
+            path.with_suffix(""), count=count, batch_size=batch,
+            threshold=memorisation_threshold, progress=progress)
         record["seconds"] = round(time.perf_counter() - started, 2)
     path.write_text(json.dumps(record, indent=1) + "\n")
     return record, path
@@ -160,9 +160,11 @@ def real_set(source, count: int, batch_size: int, params: dict, *, progress: boo
     return indices, images, reference.features
 
 
-def check_memorisation(experiment, samples: np.ndarray, stem: pathlib.Path, *, count: int,
-                       batch_size: int, threshold: float, progress: bool = True) -> dict:
-    """`lla.evaluation.memorisation.check` of samples uint8 [n, R, R, C] against the whole
+def check_memorisation(experiment, samples: np.ndarray, sample_features: np.ndarray,
+                       stem: pathlib.Path, *, count: int, batch_size: int, threshold: float,
+                       progress: bool = True) -> dict:
+    """`lla.evaluation.memorisation.check` of samples uint8 [n, R, R, C] (with their Inception
+    features [n, 2048], as FID computed them) against the whole
     training source, with the run's eval source (up to `count` images) as the held-out set,
     or leave-one-out without one; writes `<stem>_memorisation.npz` and `.png` (module
     docstring) and returns the summary for the JSON (training images named by their example
@@ -175,9 +177,8 @@ def check_memorisation(experiment, samples: np.ndarray, stem: pathlib.Path, *, c
     if experiment.eval_source is not None:
         _, held_out, held_out_features = real_set(experiment.eval_source, count, batch_size,
                                                   params, progress=progress)
-    report = memorisation.check(
-        samples, sample_quality.padded_features(samples, batch_size, params), train,
-        train_features, held_out, held_out_features)
+    report = memorisation.check(samples, sample_features, train, train_features, held_out,
+                                held_out_features)
     arrays = stem.with_name(f"{stem.name}_memorisation.npz")
     np.savez(arrays, **report.per_sample(train_ids))
     grid = save_png(memorisation.suspicious_grid(report, samples, train),

@@ -45,7 +45,8 @@ REFERENCE_SEED = 0
 class Scores:
     """FID and KID (mean, std over subsets) of `count` samples against `reference_count` real
     images; `reference` is the cache name of the real set (`reference_name`), `kid_subset_size`
-    the subset size KID used (clipped to the smaller set)."""
+    the subset size KID used (clipped to the smaller set); `sample_features` the samples'
+    features [count, D] they were computed from (e.g. for `lla.evaluation.memorisation`)."""
 
     fid: float
     kid_mean: float
@@ -54,6 +55,7 @@ class Scores:
     reference_count: int
     reference: str
     kid_subset_size: int
+    sample_features: np.ndarray = dataclasses.field(repr=False, compare=False)
 
     def metrics(self, prefix: str = "samples/") -> dict[str, float]:
         """{prefix + "fid" | "kid_mean" | "kid_std": value} for the metric writers."""
@@ -176,7 +178,8 @@ def score(sample: Callable[[jax.Array], jax.Array], source, *, count: int, batch
     return Scores(fid=fid.frechet_distance(fid.statistics(fake), real.statistics),
                   kid_mean=kid_mean, kid_std=kid_std, count=count,
                   reference_count=len(indices), reference=name,
-                  kid_subset_size=min(kid_subset_size, count, len(indices)))
+                  kid_subset_size=min(kid_subset_size, count, len(indices)),
+                  sample_features=fake)
 
 
 def reference_file(source, count: int, directory: str | os.PathLike | None = None

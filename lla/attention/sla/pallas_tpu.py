@@ -11,8 +11,7 @@ import jax
 from lla.attention import registry
 from lla.attention.common import block_sparse_pallas as kernels
 from lla.attention.common.kernel_reasons import compiled_kernel_reasons
-from lla.attention.sla import linear, selection
-from lla.attention.sla.reference import STATIC
+from lla.attention.sla.reference import STATIC, sparse_linear
 from lla.pallas_kernels.sparse_flash import tpu
 
 
@@ -27,14 +26,13 @@ def unsupported_reasons(q, k, v, kernel, bias, *, block_size, critical_blocks,
 def sla_pallas_tpu(q, k, v, kernel, bias, *, block_size, critical_blocks, negligible_blocks,
                    feature_map, interpret):
     """q [Bt, Nq, H, D], k/v [Bt, Nk, Hkv, D], kernel [D, D], bias [D] -> [Bt, Nq, H, D]."""
-    classes = selection.classify(q, k, block_size=block_size, critical_blocks=critical_blocks,
-                                 negligible_blocks=negligible_blocks)
     config = kernels.tpu_config(q, k, block_size=block_size, topk=critical_blocks,
                                 interpret=interpret)
-    sparse = kernels.attend_tpu(q, k, v, classes.critical, config)
-    return linear.combine(sparse, linear.linear_branch(
-        q, k, v, classes.marginal, block_size=block_size, feature=feature_map),
-        kernel, bias, q.dtype)
+    return sparse_linear(
+        q, k, v, kernel, bias,
+        lambda critical: kernels.attend_tpu(q, k, v, critical, config),
+        block_size=block_size, critical_blocks=critical_blocks,
+        negligible_blocks=negligible_blocks, feature_map=feature_map)
 
 
 IMPLEMENTATION = registry.Implementation("pallas_tpu", sla_pallas_tpu, unsupported_reasons,

@@ -9,6 +9,9 @@ gives the blocks j > b the score -inf and the diagonal +inf, and the caller pass
 the mean of block b - 1 (block 0 its own), so block b keeps itself and the best K - 1 past
 blocks; slots with score -inf are empty.
 
+Compiled, it needs D a power of two >= 16, as the sparse-flash kernels that use its lists
+do (their `unsupported_reasons` speak for both).
+
 Layouts (Bt batch, H query and Hkv kv heads, nQ / nK query / key blocks, D head dim; the
 caller pads nQ to whole query tiles and nK to whole key chunks, `pad_means`):
   q_means   float32 [Bt, nQ', H, D]     block means of the queries (causal: shifted by one)
@@ -87,14 +90,6 @@ def make_config(topk, heads, kv_heads, query_blocks, key_blocks, head_dim, *, ca
     return Config(topk=topk, heads=heads, kv_heads=kv_heads, query_blocks=query_blocks,
                   key_blocks=key_blocks, head_dim=head_dim, causal=causal, local=local,
                   chunk=chunk, interpret=interpret)
-
-
-def unsupported_reasons(config: Config) -> list[str]:
-    """Why the compiled (non-interpret) kernel cannot run this configuration."""
-    dim = config.head_dim
-    if dim < 16 or dim & (dim - 1):
-        return [f"selection: head_dim {dim} must be a power of two >= 16"]
-    return []
 
 
 def _select_kernel(q_ref, k_ref, picks_ref, *, config: Config):
