@@ -1,0 +1,44 @@
+"""The quality-study config: one recipe, six attention variants (LLSA Table 1a's rows)."""
+
+from __future__ import annotations
+
+import pytest
+
+from configs import quality_study
+
+
+def test_variants_are_table_1a_rows_with_k_8_blocks_of_16():
+    kwargs = {v: (quality_study.get_config(f"variant={v}").model.attention,
+                  dict(quality_study.get_config(f"variant={v}").model.attention_kwargs))
+              for v in quality_study.VARIANTS}
+    assert kwargs == {
+        "dense": ("dense", {}),
+        "topk": ("topk_block", {"block_size": 16, "topk": 8}),
+        "llsa_topk": ("llsa", {"block_size": 16, "topk": 8, "enrich_levels": 0,
+                               "reweight": False}),
+        "llsa_enrich": ("llsa", {"block_size": 16, "topk": 8, "reweight": False}),
+        "llsa": ("llsa", {"block_size": 16, "topk": 8}),
+        "neighborhood": ("neighborhood", {"kernel_size": 13}),
+    }
+    # res=128 would give topk_block LLSA Table 2's K = 20 in llsa_pixel; the ablation keeps 8
+    assert quality_study.get_config("variant=topk,res=128").model.attention_kwargs.topk == 8
+
+
+def test_every_variant_shares_one_recipe():
+    configs = [quality_study.get_config(f"variant={v}") for v in quality_study.VARIANTS]
+    recipe = {(c.model.preset, c.model.dtype, c.batch_size, c.total_steps,
+               c.optimizer.learning_rate, c.optimizer.warmup_steps, c.data.name,
+               c.data.kwargs.resolution) for c in configs}
+    assert recipe == {("S", "bfloat16", 32, 1200, 3e-4, 100, "openmoji", 64)}
+    fashion = quality_study.get_config("variant=dense,data=fashion_mnist,res=128")
+    assert (fashion.data.name, fashion.data.kwargs.resolution) == ("fashion_mnist", 128)
+
+
+@pytest.mark.parametrize(("arg", "message"), [
+    ("variant=full", "variant=full: choose one of dense, topk, llsa_topk"),
+    ("res=256", "res=256: choose one of 64, 128"),
+    ("data=procedural", "data=procedural: choose one of openmoji, fashion_mnist"),
+])
+def test_bad_arguments_name_the_choices(arg, message):
+    with pytest.raises(ValueError, match=message):
+        quality_study.get_config(arg)
