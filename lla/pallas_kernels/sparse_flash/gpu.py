@@ -65,6 +65,10 @@ class Config(HeadRows):
     summary_splits: int = 1  # query splits of the summary dK/dV (divides nQ)
     num_warps: int = 4
     num_stages: int = 2
+    # The dQ kernel runs unpipelined: with num_warps 4 and two stages its results on an H200
+    # (jax 0.11.2) differed between two runs on the same inputs, a few query blocks ~10 % off
+    # (experiments/results/nvidia_h200/sparse_flash_dq_race.json); one stage was exact.
+    dq_num_stages: int = 1
     interpret: bool = False
 
     @property
@@ -76,13 +80,16 @@ class Config(HeadRows):
         """Whether the last key block holds padding keys."""
         return self.kv_tokens < self.key_blocks * self.block_size
 
-    def compiler_params(self):
-        """Triton launch parameters of every sparse-flash GPU kernel."""
-        return plt.CompilerParams(num_warps=self.num_warps, num_stages=self.num_stages)
+    def compiler_params(self, num_stages: int | None = None):
+        """Triton launch parameters of the sparse-flash GPU kernels (`num_stages` replaces
+        the config's, as the dQ kernel's `dq_num_stages` does)."""
+        return plt.CompilerParams(num_warps=self.num_warps,
+                                  num_stages=num_stages or self.num_stages)
 
 
 # The fields of `Config` that `lla.attention.tuning(op, "pallas_gpu", ...)` may set.
-TUNABLE_FIELDS = ("chunk", "summary_tile", "summary_splits", "num_warps", "num_stages")
+TUNABLE_FIELDS = ("chunk", "summary_tile", "summary_splits", "num_warps", "num_stages",
+                  "dq_num_stages")
 
 
 def make_config(block_size, topk, heads, kv_heads, q_tokens, kv_tokens, head_dim, *,
@@ -315,7 +322,7 @@ def backward_dq(q, d_out, lse, delta, k, v, blocks, counts, summary, config: Con
                   *_summary_specs(config)],
         out_specs=query,
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-        compiler_params=config.compiler_params(),
+        compiler_params=config.compiler_params(config.dq_num_stages),
         interpret=config.interpret,
         name="sparse_flash_backward_dq",
     )(q, d_out, lse, delta, _as_blocks(k, config), _as_blocks(v, config), blocks, counts,
