@@ -102,10 +102,12 @@ def parse_shape(name: str) -> tuple[int, int, int, int]:
     raise ValueError(f"unknown shape {name!r}: use one of {sorted(SHAPES)} or BxNxHxD")
 
 
-def device_slug() -> str:
-    """'nvidia_h100_80gb_hbm3', 'cpu', ...: the results folder for this machine."""
-    device = jax.devices()[0]
-    kind = device.platform if device.platform == "cpu" else device.device_kind
+def device_slug(kind: str | None = None) -> str:
+    """'nvidia_h100_80gb_hbm3', 'cpu', ...: the results folder for this machine, or for the
+    device named `kind` (a `device_kind` such as "NVIDIA H200")."""
+    if kind is None:
+        device = jax.devices()[0]
+        kind = device.platform if device.platform == "cpu" else device.device_kind
     return re.sub(r"[^a-z0-9]+", "_", kind.lower()).strip("_")
 
 
@@ -141,6 +143,23 @@ def relative_error(actual, expected) -> float:
     expected = jnp.asarray(expected, jnp.float32)
     return float(jnp.linalg.norm(actual - expected) / jnp.maximum(jnp.linalg.norm(expected),
                                                                    1e-30))
+
+
+def worst_chunk_error(actual, expected, tokens: int) -> float:
+    """The largest `relative_error` over runs of `tokens` consecutive tokens (axis 1 of
+    [Bt, N, H, D] arrays; a last partial run counts too), so a few wrong rows show."""
+    actual = jnp.asarray(actual, jnp.float32)
+    expected = jnp.asarray(expected, jnp.float32)
+    pad = -actual.shape[1] % tokens
+    widths = [(0, 0), (0, pad)] + [(0, 0)] * (actual.ndim - 2)
+
+    def per_chunk(x):  # -> squared norms [ceil(N / tokens)]
+        x = jnp.pad(x, widths)
+        x = x.reshape(x.shape[0], -1, tokens, *x.shape[2:])
+        return jnp.sum(x ** 2, axis=tuple(i for i in range(x.ndim) if i != 1))
+
+    ratio = per_chunk(actual - expected) / jnp.maximum(per_chunk(expected), 1e-30)
+    return float(jnp.sqrt(jnp.max(ratio)))
 
 
 def vjp_function(forward):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 from absl.testing import flagsaver
 
@@ -74,3 +77,57 @@ def test_sparse_ops_report_density_and_the_ideal_and_profiles_when_asked(tmp_pat
     assert row["ideal_speedup"] == pytest.approx(4) and row["speedup_bar"] == pytest.approx(2)
     assert set(row["profile"]) == {"fwd", "fwd_bwd"}
     assert "top_kernels" in row["profile"]["fwd"]
+
+
+class _Doubling:
+    """A fake entry: the reference doubles q; the entry doubles q, then `perturb`s it."""
+
+    def __init__(self, perturb, implementation="pallas_gpu"):
+        self.perturb, self.implementation = perturb, implementation
+
+    def function(self, *, reference=False):
+        return (lambda q, k, v: 2 * q) if reference else (lambda q, k, v: self.perturb(2 * q))
+
+
+def _qkv(tokens=1024):
+    (q, k, v), _ = benchmarking.inputs((1, tokens, 2, 8), jnp.float32)
+    return q, k, v
+
+
+def test_worst_chunk_error_finds_the_one_wrong_run_of_tokens():
+    expected = jnp.ones((1, 150, 2, 4))
+    actual = expected.at[:, 128:].multiply(1.1)  # the last, partial, chunk of 22 tokens
+    assert benchmarking.relative_error(actual, expected) < 0.04
+    assert benchmarking.worst_chunk_error(actual, expected, 64) == pytest.approx(0.1, rel=1e-5)
+    assert benchmarking.worst_chunk_error(expected, expected, 64) == 0.0
+
+
+def test_gate_fails_a_few_wrong_query_blocks_that_the_whole_error_hides():
+    """One 64-token block of 1,024 off by 10 %: 0.025 overall passes the bf16 bound of 0.03,
+    the worst chunk (0.1 > 0.05) does not."""
+    entry = _Doubling(lambda out: out.at[:, 64:128].multiply(1.1))
+    result = bench_attention.gate(entry, _qkv(), None, backward=False, dtype="bfloat16")
+    assert result["errors"]["fwd"] < result["bound"]
+    assert result["worst_chunk_errors"]["fwd"] == pytest.approx(0.1, rel=1e-4)
+    assert not result["passed"]
+    exact = bench_attention.gate(_Doubling(lambda out: out), _qkv(), None, backward=False,
+                                 dtype="bfloat16")
+    assert exact["passed"] and exact["bit_identical_rerun"]
+
+
+def test_gate_fails_a_pallas_kernel_whose_rerun_gives_other_bits():
+    """Noise far below every error bound, different on each call (a race): a Pallas kernel
+    promises identical bits, so it fails; an XLA entry is only reported."""
+    rng = np.random.default_rng(0)
+
+    def noisy(out):
+        noise = lambda: rng.normal(0, 1e-9, out.shape).astype(np.float32)  # noqa: E731
+        return out + jax.pure_callback(noise, jax.ShapeDtypeStruct(out.shape, out.dtype))
+
+    racy = bench_attention.gate(_Doubling(noisy), _qkv(), None, backward=False,
+                                dtype="bfloat16")
+    assert racy["errors"]["fwd"] < 1e-6 and not racy["bit_identical_rerun"]
+    assert not racy["passed"]
+    reported = bench_attention.gate(_Doubling(noisy, "xla"), _qkv(), None, backward=False,
+                                    dtype="bfloat16")
+    assert reported["passed"] and not reported["bit_identical_rerun"]
