@@ -22,9 +22,11 @@ H200 (jax 0.11.2, bf16, experiments/results/nvidia_h200/):
   moving_mnist_1000_steps/summary.json), MSE / SSIM / PSNR over the 10 generated frames:
   ConvS5 0.0248 / 0.773 / 16.9, neighborhood 0.0253 / 0.762 / 16.6, dense 0.0290 / 0.703
   / 15.9;
-  generation per frame (batch 8, 10 context frames; moving_mnist_video_generation.json):
-  ConvS5 1.6 / 1.1 ms at horizon 10 / 50 (1.4 ms at 100), neighborhood 9.7 / 28.8 ms,
-  dense 20.9 / 160.4 ms: 146x ConvS5's time per frame at horizon 50.
+  generation per frame (batch 8, 10 context frames, bf16), horizon 10 / 25 / 50 / 100
+  (moving_mnist_video_generation_horizons.json): ConvS5 1.43 / 1.57 / 1.25 / 1.35 ms, flat;
+  neighborhood transformer 9.97 / 16.6 / 28.8 / 51.9 ms (7.0x / 10.6x / 23x / 38x ConvS5);
+  dense transformer 20.9 / - / 160.4 / - ms (moving_mnist_video_generation.json): 146x
+  ConvS5 at horizon 50 (not timed at 100: the benchmark's time limit ran out).
 Several runs on one GPU need `XLA_PYTHON_CLIENT_MEM_FRACTION` (e.g. 0.3 each): by default the
 first takes 75 % of the memory and the others fail ("BlasLt is unavailable").
 
