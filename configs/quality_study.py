@@ -1,15 +1,17 @@
 r"""The image-quality study (LLSA's Table 1a on our data): the pixel DiT-S of
 `configs/llsa_pixel.py` trained with one recipe and six attention variants, scored by FID/KID.
 
-One run per variant, equal steps and batch, then FID/KID of each and the table and plot:
+One run per variant, equal steps and batch; each run ends with its FID/KID (2,000 EMA
+samples, 20 sampler steps, against 2,000 real images), then the table and plot:
     bash scripts/fetch_openmoji.sh && bash scripts/fetch_fid_weights.sh      # once
     for v in dense topk llsa_topk llsa_enrich llsa neighborhood; do
       python -m experiments.train --config=configs/quality_study.py:variant=$v \
           --workdir=workdirs/study/openmoji64_$v
-      python -m experiments.evaluate --workdir=workdirs/study/openmoji64_$v --count=2000
     done
     python -m experiments.quality_study --workdirs='workdirs/study/openmoji64_*' \
         --name=quality_study_openmoji64
+(`python -m experiments.evaluate --workdir=... --count=N` scores a run again, e.g. with
+more samples or `--memorisation`.)
 
 Variants (Table 1a's rows; every sparse one keeps K = 8 blocks of 16 tokens, as the paper's
 ablation does):
@@ -29,7 +31,8 @@ Arguments, `configs/quality_study.py:key=value,...`:
   res=64|128                   image side; N = res² pixel tokens
 Recipe, the same for every variant: DiT-S, bf16, batch 32, AdamW lr 3e-4 with 100 warm-up
 steps, EMA as llsa_pixel, 1,200 steps at 64² and 128² (`--config.total_steps` to change),
-checkpoints every 200 steps, sample grids at steps 600 and 1,200. The recipe is the one the
+checkpoints every 200 steps, one evaluation at the end (sample grid, FID and KID in the
+run's metrics: `objective.fid_count`). The recipe is the one the
 Fashion-MNIST 64² runs of llsa_pixel's docstring used, where both llsa and dense drew
 recognisable garments after 1,200 steps.
 """
@@ -41,6 +44,7 @@ import ml_collections
 from configs import common, llsa_pixel
 
 DEFAULTS = {"variant": "llsa", "data": "openmoji", "res": 64}
+FID_SAMPLES = 2000
 # variant -> (op, keyword arguments over the op's defaults)
 VARIANTS = {
     "dense": ("dense", {}),
@@ -70,6 +74,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optimizer.warmup_steps = 100
     config.log_every = 50
     config.checkpoint_every = 200
-    config.eval_every = 600
+    config.eval_every = config.get_ref("total_steps")  # follows --config.total_steps
+    config.objective.fid_count = FID_SAMPLES
+    config.objective.fid_batch_size = 200
     config.study = ml_collections.ConfigDict(dict(variant=options["variant"], op=op))
     return config

@@ -26,7 +26,8 @@ flags.DEFINE_string("title", "training loss", "plot title")
 flags.mark_flags_as_required(["runs"])
 FLAGS = flags.FLAGS
 
-COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14)]
+COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14),
+           (90, 90, 90)]
 WIDTH, HEIGHT, MARGIN = 900, 560, 70
 
 

@@ -30,6 +30,10 @@ def test_every_variant_shares_one_recipe():
                c.optimizer.learning_rate, c.optimizer.warmup_steps, c.data.name,
                c.data.kwargs.resolution) for c in configs}
     assert recipe == {("S", "bfloat16", 32, 1200, 3e-4, 100, "openmoji", 64)}
+    config = quality_study.get_config()
+    assert config.objective.fid_count == 2000 and config.eval_every == 1200
+    config.total_steps = 3000  # as --config.total_steps=3000 does: the one evaluation moves
+    assert config.copy_and_resolve_references().eval_every == 3000
     fashion = quality_study.get_config("variant=dense,data=fashion_mnist,res=128")
     assert (fashion.data.name, fashion.data.kwargs.resolution) == ("fashion_mnist", 128)
 
