@@ -112,7 +112,10 @@ def _attend_bwd(config, residuals, d_out):
             continue
         k_tokens = k.reshape(k.shape[0], -1, *k.shape[-2:])  # [Bt, N_l, Hkv, D]
         v_tokens = v.reshape(k_tokens.shape)
-        if level < config.levels:
+        if config.masked(level):
+            dk, dv = gpu.backward_masked_dkv(q, d_out, lse, delta, k_tokens, v_tokens,
+                                             picks[level], level, config)
+        elif level < config.levels:
             key_blocks = k_tokens.shape[1] // config.block_size
             offsets, groups = metadata.transpose(picks[level], key_blocks)  # causal: -1 slots
             dk, dv = kernels.backward_sparse_dkv(q, d_out, lse, delta, k_tokens, v_tokens,

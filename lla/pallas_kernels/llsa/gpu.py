@@ -18,7 +18,10 @@ Forward saves the output and the f32 natural-log lse.
 Backward: dQ per query tile (same sweep as the forward); dK/dV of level l < L per key block
 from the key-major CSR transpose of picks[l + 1] (`sparse_flash.metadata.transpose`): key
 block j loops over the query groups (B^(l+1) queries each) that read it; dK/dV of the coarsest level
-per (key tile, query split) with the splits summed outside. No atomics: every program owns
+per (key tile, query split) with the splits summed outside; optionally (`masked_levels`) the
+sparse levels just below the coarsest the coarsest's way too, each query chunk masked to the
+blocks its group picked (grid (N_l / masked_tile, Bt·H, masked_splits), partials
+[masked_splits, Bt, N_l, H, D] summed outside). No atomics: every program owns
 its outputs, so results are deterministic. Gradients come out per query head (GQA groups
 are summed by the caller).
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -51,9 +55,34 @@ class Config(Hierarchy):
     coarse_tile: int  # coarsest-level keys per tile (divides N_L)
     dkv_rows: int  # query rows per step in the dK/dV kernels (at most; divides N)
     coarse_splits: int  # query splits of the coarsest-level dK/dV (partials summed)
+    # dK/dV of the `masked_levels` sparse levels just below the coarsest (0: none) run like
+    # the coarsest's, per (key tile of `masked_tile` tokens, query split of `masked_splits`),
+    # each query chunk masked to the blocks its group picked, instead of per key block over
+    # the CSR of its readers: fewer, wider steps where a level has few blocks, most of them
+    # picked (L - 1 at 256²: 16 blocks, K = 8), and enough programs to fill the GPU.
+    masked_levels: int = 0
+    masked_tile: int = 64
+    masked_splits: int = 1
     num_warps: int = 4
     num_stages: int = 2
+    # The dQ kernel runs unpipelined, as the sparse-flash dQ does: that kernel's two-stage
+    # build raced on an H200 (sparse_flash_dq_race.json), and this one has the same loop (a
+    # gathered key tile feeding one dot transposed and one not) and an elevated dQ error.
+    dq_num_stages: int = 1
     interpret: bool = False
+
+    def masked(self, level: int) -> bool:
+        """Whether sparse level `level` (< L) runs the masked-tile dK/dV."""
+        return self.levels - self.masked_levels <= level < self.levels
+
+    def masked_tile_tokens(self, level: int) -> int:
+        """Keys per tile of the masked-tile dK/dV at `level`: `masked_tile`, or all N_l."""
+        return largest_divisor_at_most(self.level_tokens(level), self.masked_tile)
+
+    def group_chunk_rows(self, level: int) -> int:
+        """Query rows per dK/dV step at sparse level `level`: at most `dkv_rows`, dividing
+        the B^(level+1) queries of one reading group."""
+        return largest_divisor_at_most(self.block_size ** (level + 1), self.dkv_rows)
 
     @property
     def tile_rows(self) -> int:
@@ -65,14 +94,17 @@ class Config(Hierarchy):
         return pl.BlockSpec((None, rows, None, self.head_dim),
                             lambda i, row: (self.batch(row), i, self.head(row), 0))
 
-    def compiler_params(self):
-        """Triton launch parameters (warps, pipeline stages) of every LLSA GPU kernel."""
-        return plt.CompilerParams(num_warps=self.num_warps, num_stages=self.num_stages)
+    def compiler_params(self, num_stages: int | None = None):
+        """Triton launch parameters (warps, pipeline stages) of the LLSA GPU kernels
+        (`num_stages` replaces the config's, as the dQ kernel's `dq_num_stages` does)."""
+        return plt.CompilerParams(num_warps=self.num_warps,
+                                  num_stages=num_stages or self.num_stages)
 
 
 # The fields of `Config` that `lla.attention.tuning("llsa", "pallas_gpu", ...)` may set.
 TUNABLE_FIELDS = ("pick_chunk", "query_blocks", "fine_chunk", "coarse_tile", "dkv_rows",
-                  "coarse_splits", "num_warps", "num_stages")
+                  "coarse_splits", "masked_levels", "masked_tile", "masked_splits",
+                  "num_warps", "num_stages", "dq_num_stages")
 
 
 def make_config(block_size, topk, levels, heads, kv_heads, tokens, head_dim, *,
@@ -83,18 +115,28 @@ def make_config(block_size, topk, levels, heads, kv_heads, tokens, head_dim, *,
     query tiles of 4 blocks, each fine tile holding one pick of each block; up to 4 picks
     (64 keys at B=16) per intermediate tile; up to 64 keys per coarsest tile; up to 64
     query rows per dK/dV step; coarsest-level query splits for about 1024 programs per batch
-    element. `enrich_levels` and `reweight` are the op's ablation switches (`Hierarchy`);
+    element; the masked-tile dK/dV off (`masked_levels` 0; its splits sized the same way
+    for level L - 1, so setting `masked_levels` alone gives a valid tiling).
+    `enrich_levels` and `reweight` are the op's ablation switches (`Hierarchy`);
     `overrides` replaces any field."""
     coarsest = tokens // block_size ** levels
     coarse_tile = largest_divisor_at_most(coarsest, 64)
     rows = largest_divisor_at_most(tokens, 64)
     programs_per_split = (coarsest // coarse_tile) * heads
     splits = largest_divisor_at_most(tokens // rows, max(1, 1024 // programs_per_split))
+    # masked-tile query splits: whole steps of every level that may run masked (1..L-1),
+    # about 1024 programs per batch element at level L-1
+    below = tokens // block_size ** (levels - 1)
+    step = math.lcm(*(largest_divisor_at_most(block_size ** (level + 1), rows)
+                      for level in range(1, levels))) if levels > 1 else rows
+    masked_programs = below // largest_divisor_at_most(below, 64) * heads
+    masked_splits = largest_divisor_at_most(tokens // step, max(1, 1024 // masked_programs))
     config = Config(block_size=block_size, topk=topk, levels=levels, heads=heads,
                     kv_heads=kv_heads, tokens=tokens, head_dim=head_dim,
                     pick_chunk=largest_divisor_at_most(topk, 4),
                     query_blocks=largest_divisor_at_most(block_size, 4), fine_chunk=1,
                     coarse_tile=coarse_tile, dkv_rows=rows, coarse_splits=splits,
+                    masked_splits=masked_splits,
                     enrich_levels=enrich_levels, reweight=reweight, causal=causal,
                     interpret=interpret)
     config = dataclasses.replace(config, **overrides)
@@ -119,6 +161,18 @@ def check_tiling(config: Config) -> None:
         problems.append(f"coarse_splits {config.coarse_splits} must divide N = "
                         f"{config.tokens} and dkv_rows {config.dkv_rows} must divide "
                         f"N / coarse_splits")
+    if not 0 <= config.masked_levels < config.levels:
+        problems.append(f"masked_levels {config.masked_levels} must be in 0..L-1 = "
+                        f"{config.levels - 1}")
+    elif config.masked_levels and config.causal:
+        problems.append("masked_levels needs causal=False (the causal dK/dV keeps the CSR)")
+    for level in range(config.levels - config.masked_levels, config.levels):
+        rows = config.group_chunk_rows(level)
+        if config.tokens % config.masked_splits or (
+                config.tokens // config.masked_splits) % rows:
+            problems.append(f"masked_splits {config.masked_splits} must divide N = "
+                            f"{config.tokens} into runs of whole {rows}-row steps "
+                            f"(level {level})")
     if problems:
         raise ValueError("llsa kernels: " + "; ".join(problems))
 
@@ -134,6 +188,13 @@ def unsupported_reasons(config: Config) -> list[str]:
     if config.coarse_tile < 16 or not power_of_two(config.coarse_tile):
         reasons.append(f"coarsest level of {config.level_tokens(config.levels)} tokens needs "
                        f"a multiple of 16")
+    if config.masked_levels and not power_of_two(config.topk):
+        reasons.append(f"masked_levels needs a power-of-two topk (got {config.topk})")
+    for level in range(config.levels - config.masked_levels, config.levels):
+        tile = config.masked_tile_tokens(level)
+        if tile < 16 or not power_of_two(tile):
+            reasons.append(f"masked-tile dK/dV at level {level}: a tile of {tile} tokens "
+                           f"must be a power of two >= 16")
     return reasons
 
 
@@ -293,7 +354,7 @@ def backward_dq(q, d_out, lse, delta, k_levels, v_levels, picks, config: Config,
                   *picks_specs],
         out_specs=query_spec,
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-        compiler_params=config.compiler_params(),
+        compiler_params=config.compiler_params(config.dq_num_stages),
         interpret=config.interpret,
         name="llsa_backward_dq",
     )(q, d_out, lse, delta, *k_levels, *v_levels, *picks)
@@ -305,7 +366,7 @@ def _sparse_dkv_kernel(q_ref, d_out_ref, lse_ref, delta_ref, k_ref, v_ref, offse
                        groups_ref, dk_ref, dv_ref, *, level: int, config: Config):
     keys, values = k_ref[...], v_ref[...]
     group_rows = config.block_size ** (level + 1)
-    rows = largest_divisor_at_most(group_rows, config.dkv_rows)
+    rows = config.group_chunk_rows(level)
     query_refs = (q_ref, d_out_ref, lse_ref, delta_ref)
     key_block = pl.program_id(0)
 
@@ -367,6 +428,58 @@ def backward_sparse_dkv(q, d_out, lse, delta, k, v, offsets, groups, level, conf
         interpret=config.interpret,
         name=f"llsa_backward_dkv_level{level}",
     )(q, d_out, lse, delta, k, v, offsets, groups)
+
+
+def _masked_dkv_kernel(q_ref, d_out_ref, lse_ref, delta_ref, k_ref, v_ref, picks_ref, dk_ref,
+                       dv_ref, *, level: int, config: Config):
+    keys, values = k_ref[...], v_ref[...]
+    size, tile = config.block_size, config.masked_tile_tokens(level)
+    group_rows, rows = size ** (level + 1), config.group_chunk_rows(level)
+    split_rows = config.tokens // config.masked_splits
+    first = pl.program_id(2) * split_rows
+    key_blocks = (pl.program_id(0) * tile
+                  + lax.broadcasted_iota(jnp.int32, (1, tile), 1)) // size  # [1, tile]
+    query_refs = (q_ref, d_out_ref, lse_ref, delta_ref)
+
+    def per_chunk(c, carry):
+        start = first + c * rows
+        picks = picks_ref[start // group_rows, :]  # [K] level-l blocks this group reads
+        hits = (picks[:, None] == key_blocks).astype(jnp.int32)  # [K, tile]
+        picked = jnp.max(hits, axis=0, keepdims=True) > 0
+        return accumulate_dkv(carry, start, rows, query_refs, keys, values,
+                              config.log2_weight(level), config,
+                              jnp.broadcast_to(picked, (rows, tile)))
+
+    zeros = jnp.zeros(keys.shape, jnp.float32)
+    dk, dv = lax.fori_loop(0, split_rows // rows, per_chunk, (zeros, zeros))
+    dk_ref[...] = dk * config.scale
+    dv_ref[...] = dv
+
+
+def backward_masked_dkv(q, d_out, lse, delta, k, v, picks, level, config: Config):
+    """dK, dV (f32, per query head, [Bt, N_l, H, D]) of sparse level `level` < L on the
+    masked-tile grid (`Config.masked_levels`): k, v [Bt, N_l, Hkv, D]; picks int32
+    [Bt·H, N_{l+1}, K], the level-l blocks each level-(l+1) token picked."""
+    batch, _, heads, dim = q.shape
+    tile, splits = config.masked_tile_tokens(level), config.masked_splits
+    level_tokens = k.shape[1]
+    key_spec = pl.BlockSpec((None, tile, None, dim),
+                            lambda j, row, s: (config.batch(row), j, config.kv_head(row), 0))
+    picks_spec = pl.BlockSpec((None, *picks.shape[1:]), lambda j, row, s: (row, 0, 0))
+    out_spec = pl.BlockSpec((None, None, tile, None, dim),
+                            lambda j, row, s: (s, config.batch(row), j, config.head(row), 0))
+    dk, dv = pl.pallas_call(
+        functools.partial(_masked_dkv_kernel, level=level, config=config),
+        grid=(level_tokens // tile, batch * heads, splits),
+        in_specs=[*whole_query_specs(config), key_spec, key_spec, picks_spec],
+        out_specs=[out_spec, out_spec],
+        out_shape=[jax.ShapeDtypeStruct((splits, batch, level_tokens, heads, dim),
+                                        jnp.float32)] * 2,
+        compiler_params=config.compiler_params(),
+        interpret=config.interpret,
+        name=f"llsa_backward_dkv_masked_level{level}",
+    )(q, d_out, lse, delta, k, v, picks)
+    return dk.sum(0), dv.sum(0)
 
 
 def _coarse_dkv_kernel(q_ref, d_out_ref, lse_ref, delta_ref, k_ref, v_ref, dk_ref, dv_ref, *,
