@@ -28,7 +28,8 @@ the recurrent step in ConvS5, nothing in the transformer); 0.1 in bfloat16 (fram
 [-1, 1] and bf16 keeps 8 significant bits, ~4e-3 per rounding, which the recurrent and the
 parallel form accumulate differently across the layers). Beyond it the script stops with a
 non-zero exit, naming the model. Rows go to `<results_dir>/<device>/<name>.json` (device kind,
-jax version, the command, flag values, rows, skipped entries).
+jax version, the command, flag values, rows, skipped entries), rewritten after every timed
+horizon, so a run stopped by a time limit keeps all it finished.
 
 Notes: the transformer has no KV cache. Each generated frame reruns the forward over a buffer
 of Tc + H - 1 frames, so its per-frame cost grows with the horizon (quadratically in the
@@ -42,6 +43,7 @@ import datetime
 import json
 import sys
 import time
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -173,14 +175,15 @@ def gate(model, params, context: jax.Array, generated: jax.Array, label: str) ->
 
 
 def measure(family: str, preset: str, attention_name: str | None, kwargs: dict | None,
-            horizons: list[int], context: jax.Array) -> list[dict]:
-    """One row per horizon (ascending) for one model; the gate runs at the first."""
+            horizons: list[int], context: jax.Array) -> Iterator[dict]:
+    """One row per horizon (ascending) for one model, each as soon as it is timed; the gate
+    runs at the first."""
     label = f"{family}:{preset}" + (f" attention={attention_name}" if attention_name else "")
     model = build(family, preset, attention_name, kwargs)
     # The gate's clip, Tc + H - 1 frames: a neighbourhood's time kernel may exceed Tc alone.
     _, frames, *frame_shape = context.shape
     params = random_params(model, (1, frames + horizons[0] - 1, *frame_shape))
-    rows, checked = [], None
+    checked = None
     for horizon in horizons:
         print(f"{label}: compiling generate for horizon {horizon} ...", flush=True)
         compiled, compile_s = compile_generate(model, params, context, horizon)
@@ -189,12 +192,11 @@ def measure(family: str, preset: str, attention_name: str | None, kwargs: dict |
             checked = gate(model, params, context, compiled(params, context), label)
         median = median_seconds(compiled, (params, context), samples=FLAGS.samples, warmup=0,
                                 sample_seconds=0.0)
-        rows.append({"model": family, "preset": preset, "attention": attention_name,
-                     "attention_kwargs": kwargs, "horizon": horizon, "compile_s": compile_s,
-                     "seconds_per_frame": median / horizon,
-                     "frames_per_s": FLAGS.batch_size * horizon / median,
-                     "ratio_vs_convssm": None, "gate": checked})
-    return rows
+        yield {"model": family, "preset": preset, "attention": attention_name,
+               "attention_kwargs": kwargs, "horizon": horizon, "compile_s": compile_s,
+               "seconds_per_frame": median / horizon,
+               "frames_per_s": FLAGS.batch_size * horizon / median,
+               "ratio_vs_convssm": None, "gate": checked}
 
 
 def main(argv) -> int:
@@ -215,7 +217,7 @@ def main(argv) -> int:
     flag_values = {flag.name: flag.value
                    for flag in FLAGS.get_key_flags_for_module(sys.modules[__name__])}
 
-    def save():  # after every model: a later one cut by a time limit loses only itself
+    def save():  # after every row: a time limit loses only the horizon it cut
         for row in rows:
             if row["horizon"] in convssm:
                 row["ratio_vs_convssm"] = row["seconds_per_frame"] / convssm[row["horizon"]]
@@ -240,7 +242,7 @@ def main(argv) -> int:
                       f"{row['frames_per_s']:9.1f} frames/s{ratio} (compile "
                       f"{row['compile_s']:.1f} s, gate max |diff| "
                       f"{row['gate']['max_abs_difference']:.3g})", flush=True)
-            save()
+                save()
     save()
     return 0
 

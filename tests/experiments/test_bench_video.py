@@ -66,3 +66,20 @@ def test_generation_that_disagrees_with_the_forward_fails_the_gate(tmp_path):
             "forward") in run.stderr
     assert "> 0.0001 (float32)" in run.stderr
     assert not (tmp_path / "cpu").exists()
+
+
+def test_a_run_stopped_mid_model_keeps_the_horizons_it_timed(tmp_path):
+    """The transformer's horizon 3 dies (as a time limit would stop it): ConvS5's rows and
+    the transformer's horizon 2 are already in the JSON."""
+    patch = ("from experiments import bench_video\n"
+             "compile_generate = bench_video.compile_generate\n"
+             "def stop_at_3(model, params, context, horizon):\n"
+             "    if horizon == 3 and type(model).__module__.endswith('video_transformer'):\n"
+             "        raise SystemExit('time limit')\n"
+             "    return compile_generate(model, params, context, horizon)\n"
+             "bench_video.compile_generate = stop_at_3")
+    run = run_bench(tmp_path, *FLAGS, "--attentions=dense", "--name=cut", code=patch)
+    assert run.returncode != 0
+    rows = json.loads((tmp_path / "cpu" / "cut.json").read_text())["rows"]
+    assert [(r["model"], r["horizon"]) for r in rows] == [
+        ("convssm", 2), ("convssm", 3), ("video_transformer", 2)]
