@@ -77,5 +77,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval_every = config.get_ref("total_steps")  # follows --config.total_steps
     config.objective.fid_count = FID_SAMPLES
     config.objective.fid_batch_size = 200
-    config.study = ml_collections.ConfigDict(dict(variant=options["variant"], op=op))
+    config.study = ml_collections.ConfigDict({"variant": options["variant"]})
     return config

@@ -61,16 +61,14 @@ def run_row(workdir: pathlib.Path) -> dict:
            "total_steps": config["total_steps"],
            "loss_last": statistics.fmean(losses[-LAST_LOSSES:]) if losses else None,
            "steps_per_s": statistics.median(rates) if rates else None}
-    row["images_per_s"] = row["steps_per_s"] and row["steps_per_s"] * config["batch_size"]
+    row["images_per_s"] = row["steps_per_s"] * config["batch_size"] if rates else None
     grids = sorted((workdir / "samples").glob("step_*.png"))
     row["samples"] = str(grids[-1]) if grids else None
     evaluation = newest_evaluation(workdir) or logged_evaluation(logged, config)
     if evaluation is not None:
         row.update({key: evaluation[key] for key in ("fid", "kid_mean", "kid_std", "count",
-                                                     "reference_count", "steps", "device",
-                                                     "jax")})
-        row["evaluated_step"] = evaluation["step"]
-        row["sampler_steps"] = row.pop("steps")
+                                                     "reference_count", "device", "jax")})
+        row.update(evaluated_step=evaluation["step"], sampler_steps=evaluation["steps"])
         if "memorisation" in evaluation:
             row["memorisation"] = {key: value for key, value in
                                    evaluation["memorisation"].items()

@@ -460,26 +460,11 @@ def backward_masked_dkv(q, d_out, lse, delta, k, v, picks, level, config: Config
     """dK, dV (f32, per query head, [Bt, N_l, H, D]) of sparse level `level` < L on the
     masked-tile grid (`Config.masked_levels`): k, v [Bt, N_l, Hkv, D]; picks int32
     [Bt·H, N_{l+1}, K], the level-l blocks each level-(l+1) token picked."""
-    batch, _, heads, dim = q.shape
-    tile, splits = config.masked_tile_tokens(level), config.masked_splits
-    level_tokens = k.shape[1]
-    key_spec = pl.BlockSpec((None, tile, None, dim),
-                            lambda j, row, s: (config.batch(row), j, config.kv_head(row), 0))
     picks_spec = pl.BlockSpec((None, *picks.shape[1:]), lambda j, row, s: (row, 0, 0))
-    out_spec = pl.BlockSpec((None, None, tile, None, dim),
-                            lambda j, row, s: (s, config.batch(row), j, config.head(row), 0))
-    dk, dv = pl.pallas_call(
+    return _split_query_dkv(
         functools.partial(_masked_dkv_kernel, level=level, config=config),
-        grid=(level_tokens // tile, batch * heads, splits),
-        in_specs=[*whole_query_specs(config), key_spec, key_spec, picks_spec],
-        out_specs=[out_spec, out_spec],
-        out_shape=[jax.ShapeDtypeStruct((splits, batch, level_tokens, heads, dim),
-                                        jnp.float32)] * 2,
-        compiler_params=config.compiler_params(),
-        interpret=config.interpret,
-        name=f"llsa_backward_dkv_masked_level{level}",
-    )(q, d_out, lse, delta, k, v, picks)
-    return dk.sum(0), dv.sum(0)
+        q, d_out, lse, delta, k, v, (picks,), (picks_spec,), config.masked_tile_tokens(level),
+        config.masked_splits, config, f"llsa_backward_dkv_masked_level{level}")
 
 
 def _coarse_dkv_kernel(q_ref, d_out_ref, lse_ref, delta_ref, k_ref, v_ref, dk_ref, dv_ref, *,
@@ -513,22 +498,31 @@ def _coarse_dkv_kernel(q_ref, d_out_ref, lse_ref, delta_ref, k_ref, v_ref, dk_re
 
 def backward_coarse_dkv(q, d_out, lse, delta, k, v, config: Config):
     """dK, dV (f32, per query head, [Bt, N_L, H, D]) of the coarsest level (all queries)."""
+    return _split_query_dkv(functools.partial(_coarse_dkv_kernel, config=config),
+                            q, d_out, lse, delta, k, v, (), (), config.coarse_tile,
+                            config.coarse_splits, config, "llsa_backward_dkv_coarsest")
+
+
+def _split_query_dkv(kernel, q, d_out, lse, delta, k, v, extras, extra_specs, tile: int,
+                     splits: int, config: Config, name: str):
+    """Runs a dK/dV `kernel` on the grid (N_l / tile, Bt·H, splits): program (j, row, s)
+    owns key tile j of one row for query split s (partials [splits, Bt, N_l, H, D] f32,
+    summed here); `extras` are further inputs with their `extra_specs`."""
     batch, _, heads, dim = q.shape
-    tile, splits = config.coarse_tile, config.coarse_splits
     level_tokens = k.shape[1]
     key_spec = pl.BlockSpec((None, tile, None, dim),
                             lambda j, row, s: (config.batch(row), j, config.kv_head(row), 0))
     out_spec = pl.BlockSpec((None, None, tile, None, dim),
                             lambda j, row, s: (s, config.batch(row), j, config.head(row), 0))
     dk, dv = pl.pallas_call(
-        functools.partial(_coarse_dkv_kernel, config=config),
+        kernel,
         grid=(level_tokens // tile, batch * heads, splits),
-        in_specs=[*whole_query_specs(config), key_spec, key_spec],
+        in_specs=[*whole_query_specs(config), key_spec, key_spec, *extra_specs],
         out_specs=[out_spec, out_spec],
         out_shape=[jax.ShapeDtypeStruct((splits, batch, level_tokens, heads, dim),
                                         jnp.float32)] * 2,
         compiler_params=config.compiler_params(),
         interpret=config.interpret,
-        name="llsa_backward_dkv_coarsest",
-    )(q, d_out, lse, delta, k, v)
+        name=name,
+    )(q, d_out, lse, delta, k, v, *extras)
     return dk.sum(0), dv.sum(0)
