@@ -59,15 +59,17 @@ class Config(Hierarchy):
     # the coarsest's, per (key tile of `masked_tile` tokens, query split of `masked_splits`),
     # each query chunk masked to the blocks its group picked, instead of per key block over
     # the CSR of its readers: fewer, wider steps where a level has few blocks, most of them
-    # picked (L - 1 at 256²: 16 blocks, K = 8), and enough programs to fill the GPU.
+    # picked (L - 1 at 256²: 16 blocks, K = 8), and enough programs to fill the GPU
+    # (`make_config` picks it: `default_masked_levels`).
     masked_levels: int = 0
     masked_tile: int = 64
     masked_splits: int = 1
     num_warps: int = 4
     num_stages: int = 2
     # The dQ kernel runs unpipelined, as the sparse-flash dQ does: that kernel's two-stage
-    # build raced on an H200 (sparse_flash_dq_race.json), and this one has the same loop (a
-    # gathered key tile feeding one dot transposed and one not) and an elevated dQ error.
+    # build raced on an H200 (sparse_flash_dq_race.json), and this one's two-stage dQ differs
+    # from its one-stage dQ by 0.5-0.8 % at [1, 65536, 6, 64] with dK/dV bit-identical, at
+    # no time saved (tune_llsa_dit256_masked.json).
     dq_num_stages: int = 1
     interpret: bool = False
 
@@ -115,8 +117,9 @@ def make_config(block_size, topk, levels, heads, kv_heads, tokens, head_dim, *,
     query tiles of 4 blocks, each fine tile holding one pick of each block; up to 4 picks
     (64 keys at B=16) per intermediate tile; up to 64 keys per coarsest tile; up to 64
     query rows per dK/dV step; coarsest-level query splits for about 1024 programs per batch
-    element; the masked-tile dK/dV off (`masked_levels` 0; its splits sized the same way
-    for level L - 1, so setting `masked_levels` alone gives a valid tiling).
+    element; the masked-tile dK/dV for the levels just below the coarsest whose K picks
+    cover at least a quarter of their blocks (`default_masked_levels`; its splits sized
+    the same way for level L - 1, so setting `masked_levels` alone gives a valid tiling).
     `enrich_levels` and `reweight` are the op's ablation switches (`Hierarchy`);
     `overrides` replaces any field."""
     coarsest = tokens // block_size ** levels
@@ -139,9 +142,38 @@ def make_config(block_size, topk, levels, heads, kv_heads, tokens, head_dim, *,
                     masked_splits=masked_splits,
                     enrich_levels=enrich_levels, reweight=reweight, causal=causal,
                     interpret=interpret)
+    if "masked_levels" not in overrides:
+        config = dataclasses.replace(config, masked_levels=default_masked_levels(config))
     config = dataclasses.replace(config, **overrides)
     check_tiling(config)
     return config
+
+
+# A sparse level runs the masked-tile dK/dV by default when its group picks at least this
+# share of its blocks. Measured on an H200 at [1, 65536, 6, 64], B = 16, K = 8
+# (tune_llsa_dit256_masked.json, tune_llsa_l2_dit256_masked.json): level 2 of L = 3, 8 of 16
+# blocks picked, fwd+bwd 2.76 -> 2.02 ms masked; level 1, 8 of 256 picked, 2.04 -> 4.66 ms
+# (L = 2) and, with level 2, 4.56 ms (L = 3). The threshold between those two points is a
+# guess, not a measurement.
+MASKED_PICKED_SHARE = 1 / 4
+
+
+def default_masked_levels(config: Config) -> int:
+    """How many sparse levels, counted down from just below the coarsest, run the
+    masked-tile dK/dV by default: those whose K picks are at least `MASKED_PICKED_SHARE`
+    of their N_l / B blocks, while the masked path can run (non-causal, power-of-two K,
+    and compiled, tiles of a power of two >= 16 tokens)."""
+    if config.causal or config.topk & (config.topk - 1):
+        return 0
+    masked = 0
+    for level in range(config.levels - 1, 0, -1):
+        blocks = config.level_tokens(level) // config.block_size
+        tile = config.masked_tile_tokens(level)
+        compiled_ok = tile >= 16 and tile & (tile - 1) == 0
+        if config.topk < MASKED_PICKED_SHARE * blocks or not (config.interpret or compiled_ok):
+            break
+        masked += 1
+    return masked
 
 
 def check_tiling(config: Config) -> None:

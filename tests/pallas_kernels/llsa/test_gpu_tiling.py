@@ -1,9 +1,10 @@
 """Every tiling of the LLSA kernels computes the same attention and gradients (interpret mode).
 
-The default tiling is held to the reference by tests/attention/llsa/test_llsa.py; here other
+The default tiling is held to the reference by tests/attention/llsa/test_llsa.py (at these
+small shapes it runs the masked-tile dK/dV of the levels below the coarsest); here other
 `Config`s (query tiles of several blocks with masked fine tiles, other pick chunks, other
-dK/dV row counts and coarsest splits, the masked-tile dK/dV of the levels below the coarsest)
-are compared with it."""
+dK/dV row counts and coarsest splits, the masked-tile dK/dV with other tiles and splits) are
+compared with the heuristic tiling on the key-major CSR dK/dV (`masked_levels=0`)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ STATIC = dict(block_size=4, topk=4, levels=2)
 @pytest.mark.parametrize(
     "overrides",
     [
-        dict(query_blocks=1, fine_chunk=2),
+        dict(query_blocks=1, fine_chunk=2, masked_levels=0),
         dict(query_blocks=2, fine_chunk=1),
         dict(query_blocks=4, fine_chunk=2, pick_chunk=1),
         dict(query_blocks=2, fine_chunk=4, coarse_tile=4, dkv_rows=8, coarse_splits=2),
@@ -40,7 +41,7 @@ def test_tilings_agree_forward_and_backward(overrides):
     tokens = 128 if static["levels"] == 2 else 256
     q, k, v = random_qkv((1, tokens, tokens, 4, 2, 16))
     shape = dict(heads=4, kv_heads=2, tokens=tokens, head_dim=16, interpret=True)
-    default = gpu.make_config(**static, **shape)
+    default = gpu.make_config(**static, **shape, masked_levels=0)
     variant = gpu.make_config(**static, **shape, **overrides)
     inputs = (q, *prepare(q, k, v, default))
     cotangent = jax.random.normal(jax.random.key(2), inputs[0].shape)
@@ -52,6 +53,18 @@ def test_tilings_agree_forward_and_backward(overrides):
     for grad, expected_grad in zip(jax.tree.leaves(grads), jax.tree.leaves(expected_grads),
                                    strict=True):
         assert relative_error(grad, expected_grad) < 1e-6
+
+
+def test_default_masks_the_levels_whose_picks_cover_a_quarter_of_their_blocks():
+    """256² DiT shape: level 2 of L = 3 (16 blocks, K = 8) masked, level 1 (256 blocks) not;
+    never for causal calls or a K that is not a power of two."""
+    def masked(levels=3, topk=8, **kwargs):
+        return gpu.make_config(16, topk, levels, 6, 6, 65536, 64, **kwargs).masked_levels
+
+    assert (masked(), masked(levels=2), masked(topk=64), masked(topk=4)) == (1, 0, 2, 1)
+    assert masked(causal=True) == masked(topk=6) == 0
+    assert gpu.make_config(16, 8, 3, 6, 6, 262144, 64).masked_levels == 0  # 64 blocks
+    assert gpu.make_config(4, 4, 2, 2, 2, 128, 16, interpret=True).masked_levels == 1
 
 
 def test_make_config_rejects_tilings_that_do_not_divide():
