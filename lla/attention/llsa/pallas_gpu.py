@@ -1,9 +1,11 @@
-"""The "pallas_gpu" implementation of LLSA: XLA pooling and selection, Pallas attention.
+"""The "pallas_gpu" implementation of LLSA: XLA pooling, Pallas selection and attention.
 
-Pooling and the hierarchical selection run in XLA (`hierarchy`, the same code as the
-reference, so both attend to identical sets). The attention over the selected sources is a
+Pooling runs in XLA (`hierarchy`, the same code as the reference); the selection keeps the
+reference's picks exactly: the non-causal coarsest level in XLA and the sparse levels on
+`lla.pallas_kernels.llsa.selection`. The attention over the selected sources is a
 `jax.custom_vjp` around the kernels of `lla.pallas_kernels.llsa.gpu` (`causal_gpu` with
-`causal=True`, whose selection is `lla.attention.llsa.causal.select`, in XLA); its inputs are
+`causal=True`, whose selection is `lla.attention.llsa.causal.select`: its coarsest level on
+the block-selection kernel of `sparse_flash.selection`, the others in XLA); its inputs are
 the pooled levels, so JAX differentiates the pooling itself and k, v get their gradients
 through it.
 """
@@ -20,6 +22,7 @@ from lla.attention.llsa import causal, hierarchy, pallas
 from lla.pallas_kernels.common import sum_query_heads
 from lla.pallas_kernels.llsa import causal_gpu, gpu, selection
 from lla.pallas_kernels.sparse_flash import metadata
+from lla.pallas_kernels.sparse_flash import selection as block_selection
 
 TUNABLE = pallas.tunable(gpu)
 
@@ -57,8 +60,7 @@ def _select(q, k_pooled, as_blocks, config: gpu.Config) -> dict:
     rows = q.shape[0] * q.shape[2]
     if config.causal:
         return {level: x.reshape(rows, *x.shape[2:])
-                for level, x in causal.select(q, k_pooled, config.block_size,
-                                              config.topk).items()}
+                for level, x in _select_causal(q, k_pooled, config).items()}
     levels = config.levels
     q_pooled = hierarchy.pyramid(jax.lax.stop_gradient(q), config.block_size, levels)
     coarsest = hierarchy.select_coarsest(q_pooled[levels], k_pooled[levels], config.topk)
@@ -68,6 +70,22 @@ def _select(q, k_pooled, as_blocks, config: gpu.Config) -> dict:
             q_pooled[level], as_blocks(jax.lax.stop_gradient(k_pooled[level])),
             picks[level + 1], config)
     return picks
+
+
+def _select_causal(q, k_pooled, config: gpu.Config) -> dict:
+    """`causal.select` with its coarsest level on the block-selection kernel
+    (`sparse_flash.selection`, `past_stride` = B^(L-1): query block b sees the coarsest
+    tokens j < b·B / B^L), the other levels in XLA; {l: int32 [Bt, H, N / B, K]}."""
+    size, levels = config.block_size, config.levels
+    s = causal.selection_queries(q, size)  # [Bt, H, N / B, D]
+    coarsest = k_pooled[levels]
+    kernel_config = block_selection.make_config(
+        config.topk, config.heads, config.kv_heads, s.shape[2], coarsest.shape[1],
+        config.head_dim, past_stride=size ** (levels - 1), interpret=config.interpret)
+    picks = block_selection.select_blocks(hierarchy.heads_major(s),
+                                          jax.lax.stop_gradient(coarsest), kernel_config)
+    blocks = jnp.arange(s.shape[2], dtype=jnp.int32)
+    return causal.select_blocks(s, blocks, k_pooled, size, config.topk, coarsest_picks=picks)
 
 
 @functools.partial(jax.jit, static_argnames=("block_size", "topk", "levels", "enrich_levels",

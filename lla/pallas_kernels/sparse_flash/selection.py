@@ -7,7 +7,9 @@ q̄_b · k̄_j (block means, float32, no scale), ties to the lower j, returned a
 empty slots. `local` gives the diagonal block j = b the score +inf (always kept); `causal`
 gives the blocks j > b the score -inf and the diagonal +inf, and the caller passes as q̄_b
 the mean of block b - 1 (block 0 its own), so block b keeps itself and the best K - 1 past
-blocks; slots with score -inf are empty.
+blocks; slots with score -inf are empty. `past_stride` R > 0 (LLSA's causal coarsest level,
+`lla.attention.llsa.causal`) lets block b pick only the key blocks j < b // R and forces
+none. A program of the causal kinds streams only the key chunks its last block may see.
 
 Compiled, it needs D a power of two >= 16, as the sparse-flash kernels that use its lists
 do (their `unsupported_reasons` speak for both).
@@ -63,6 +65,7 @@ class Config(HeadRows):
     head_dim: int
     causal: bool
     local: bool
+    past_stride: int = 0  # R > 0: query block b sees key blocks j < b // R only
     tile: int = 16  # query blocks per program (>= 16: the dot's rows)
     chunk: int = 128  # key blocks per step (a power of two >= 16)
     num_warps: int = 4
@@ -83,13 +86,29 @@ class Config(HeadRows):
 
 
 def make_config(topk, heads, kv_heads, query_blocks, key_blocks, head_dim, *, causal=False,
-                local=False, interpret=False) -> Config:
+                local=False, past_stride=0, interpret=False) -> Config:
     """Heuristic tiling: 16 query blocks per program, key chunks of up to 128 blocks (fewer
     when the sequence has fewer, at least 16)."""
+    if past_stride and (causal or local):
+        raise ValueError("selection: past_stride forces no block; it excludes causal and "
+                         "local")
     chunk = min(128, max(16, _next_power_of_two(key_blocks)))
     return Config(topk=topk, heads=heads, kv_heads=kv_heads, query_blocks=query_blocks,
                   key_blocks=key_blocks, head_dim=head_dim, causal=causal, local=local,
-                  chunk=chunk, interpret=interpret)
+                  past_stride=past_stride, chunk=chunk, interpret=interpret)
+
+
+def _chunks_seen(first_query, config: Config):
+    """How many key chunks the program whose first query block is `first_query` streams:
+    all of them, or (causal kinds) those up to the last key block its last row may see."""
+    total = config.padded_key_blocks // config.chunk
+    last_query = first_query + config.tile - 1
+    if config.causal:
+        return jnp.minimum(total, last_query // config.chunk + 1)
+    if config.past_stride:
+        visible = last_query // config.past_stride  # key blocks 0 .. visible - 1
+        return jnp.minimum(total, (visible + config.chunk - 1) // config.chunk)
+    return total
 
 
 def _select_kernel(q_ref, k_ref, picks_ref, *, config: Config):
@@ -107,6 +126,8 @@ def _select_kernel(q_ref, k_ref, picks_ref, *, config: Config):
         scores = jnp.where(block < config.key_blocks, scores, -jnp.inf)
         if config.causal:
             scores = jnp.where(block > query_block, -jnp.inf, scores)
+        if config.past_stride:
+            scores = jnp.where(block < query_block // config.past_stride, scores, -jnp.inf)
         if config.causal or config.local:
             scores = jnp.where(block == query_block, jnp.inf, scores)
         # Only chunk scores above a row's K-th best can enter it: as many steps as the
@@ -134,7 +155,7 @@ def _select_kernel(q_ref, k_ref, picks_ref, *, config: Config):
     # slots >= K hold +inf so that they are never the worst and never evicted
     start = (jnp.where(slot < topk, -jnp.inf, jnp.inf).astype(jnp.float32),
              jnp.where(slot < topk, -1 - slot, PAST_END))
-    best_v, best_i = lax.fori_loop(0, config.padded_key_blocks // chunk, merge_chunk, start)
+    best_v, best_i = lax.fori_loop(0, _chunks_seen(first_query, config), merge_chunk, start)
     remaining = jnp.where((best_v > -jnp.inf) & (slot < topk), best_i, PAST_END)
 
     def emit_lowest(t, state):

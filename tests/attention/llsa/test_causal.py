@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import lla.attention as attention
-from lla.attention.llsa import decoding, hierarchy
+from lla.attention.llsa import causal, decoding, hierarchy, pallas_gpu
+from lla.pallas_kernels.llsa import gpu
 from tests.attention.causality import assert_strictly_causal
 from tests.attention.llsa.inputs import with_level_structure
 from tests.attention.llsa.test_llsa import assert_interpret_matches_reference
@@ -111,3 +112,19 @@ def test_decoding_past_the_end_and_bad_sizes():
     cache = decoding.init_cache(1, 16, 2, 2, 8, jnp.float32, **static)
     with pytest.raises(ValueError, match="does not fit a cache of 16"):
         decoding.prefill(*random_qkv((1, 20, 20, 2, 2, 8)), cache, **static)
+
+
+@pytest.mark.parametrize(("tokens", "levels"), [(4096, 2), (1024, 3)])
+def test_gpu_selection_equals_the_reference_selection(tokens, levels):
+    """The GPU path's causal selection (coarsest level on the block-selection kernel, in
+    interpret mode) picks what `causal.select` picks, slot for slot: 256 coarsest tokens in
+    two key chunks at L = 2, and L = 3's 16; GQA 2:1."""
+    q, k, _ = random_qkv((1, tokens, tokens, 2, 1, 16))
+    k_pooled = hierarchy.pyramid(k, 4, levels)
+    config = gpu.make_config(4, 3, levels, 2, 1, tokens, 16, causal=True, interpret=True)
+    got = pallas_gpu._select_causal(q, k_pooled, config)
+    want = causal.select(q, k_pooled, 4, 3)
+    assert sorted(got) == sorted(want) == list(range(1, levels + 1))
+    for level in want:
+        np.testing.assert_array_equal(np.asarray(got[level]), np.asarray(want[level]))
+    assert (np.asarray(want[levels])[..., -1] >= 0).any()  # some blocks fill all K slots

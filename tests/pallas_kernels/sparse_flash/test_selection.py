@@ -87,3 +87,38 @@ def test_exact_ties_in_the_merge_keep_the_lower_block(block_scores, want):
     got, expected = both(q, k, 16, block_size=2, topk=3, local=False, causal=False)
     np.testing.assert_array_equal(got, expected)
     assert (got == want).all()
+
+
+def brute_force_past_picks(q_means, k_means, topk, stride):
+    """Per query block b: the K best key blocks j < b // stride by q̄·k̄ (ties to the lower
+    j), ascending, -1 padded — in numpy, [Bt, H, nQ, K]."""
+    q_means, k_means = np.asarray(q_means, np.float64), np.asarray(k_means, np.float64)
+    batch, query_blocks, heads, _ = q_means.shape
+    group = heads // k_means.shape[2]
+    picks = np.full((batch, heads, query_blocks, topk), -1)
+    for b, h, i in np.ndindex(batch, heads, query_blocks):
+        visible = np.arange(i // stride)
+        scores = k_means[b, visible, h // group] @ q_means[b, i, h]
+        best = sorted(visible[np.lexsort((visible, -scores))][:topk])
+        picks[b, h, i, :len(best)] = best
+    return picks
+
+
+@pytest.mark.parametrize("stride", [1, 3])
+def test_past_stride_keeps_the_best_blocks_wholly_before_each_query(stride):
+    """LLSA's causal coarsest level: block b picks among j < b // R only, none forced; 37
+    query blocks in 3 tiles, 40 key blocks in 3 chunks of 16 (the early tiles stream fewer),
+    K = 5, GQA 2:1."""
+    keys = jax.random.split(jax.random.PRNGKey(3), 2)
+    q_means = jax.random.normal(keys[0], (2, 37, 2, 16))
+    k_means = jax.random.normal(keys[1], (2, 40, 1, 16))
+    config = kernel.make_config(5, 2, 1, 37, 40, 16, past_stride=stride, interpret=True)
+    got = kernel.select_blocks(q_means, k_means, dataclasses.replace(config, chunk=16))
+    want = brute_force_past_picks(q_means, k_means, 5, stride)
+    np.testing.assert_array_equal(np.asarray(got), want)
+    assert (np.asarray(got)[:, :, :stride] == -1).all()  # nothing wholly in the past yet
+
+
+def test_past_stride_refuses_forced_blocks():
+    with pytest.raises(ValueError, match="past_stride forces no block"):
+        kernel.make_config(4, 2, 1, 8, 8, 16, past_stride=2, causal=True)
