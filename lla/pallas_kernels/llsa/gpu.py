@@ -161,16 +161,17 @@ MASKED_PICKED_SHARE = 1 / 4
 def default_masked_levels(config: Config) -> int:
     """How many sparse levels, counted down from just below the coarsest, run the
     masked-tile dK/dV by default: those whose K picks are at least `MASKED_PICKED_SHARE`
-    of their N_l / B blocks, while the masked path can run (non-causal, power-of-two K,
-    and compiled, tiles of a power of two >= 16 tokens)."""
-    if config.causal or config.topk & (config.topk - 1):
+    of their N_l / B blocks, while masking them adds no reason the compiled kernels cannot
+    run (`unsupported_reasons`) and the call is not causal (the causal dK/dV keeps the CSR)."""
+    if config.causal:
         return 0
     masked = 0
     for level in range(config.levels - 1, 0, -1):
-        blocks = config.level_tokens(level) // config.block_size
-        tile = config.masked_tile_tokens(level)
-        compiled_ok = tile >= 16 and tile & (tile - 1) == 0
-        if config.topk < MASKED_PICKED_SHARE * blocks or not (config.interpret or compiled_ok):
+        if config.topk < MASKED_PICKED_SHARE * config.level_tokens(level) // config.block_size:
+            break
+        candidate = dataclasses.replace(config, masked_levels=masked + 1)
+        if not config.interpret and unsupported_reasons(candidate) != unsupported_reasons(
+                config):
             break
         masked += 1
     return masked

@@ -57,13 +57,16 @@ def test_tilings_agree_forward_and_backward(overrides):
 
 def test_default_masks_the_levels_whose_picks_cover_a_quarter_of_their_blocks():
     """256² DiT shape: level 2 of L = 3 (16 blocks, K = 8) masked, level 1 (256 blocks) not;
-    never for causal calls or a K that is not a power of two."""
+    never for causal calls, nor compiled with a K that is not a power of two."""
     def masked(levels=3, topk=8, **kwargs):
         return gpu.make_config(16, topk, levels, 6, 6, 65536, 64, **kwargs).masked_levels
 
-    assert (masked(), masked(levels=2), masked(topk=64), masked(topk=4)) == (1, 0, 2, 1)
+    assert (masked(), masked(levels=2), masked(topk=4)) == (1, 0, 1)
     assert masked(causal=True) == masked(topk=6) == 0
+    assert masked(topk=6, interpret=True) == 1  # interpret mode runs any K
     assert gpu.make_config(16, 8, 3, 6, 6, 262144, 64).masked_levels == 0  # 64 blocks
+    # B = 4, K = 4 at L = 3: level 2 (4 blocks) and level 1 (16 blocks) both masked
+    assert gpu.make_config(4, 4, 3, 2, 2, 256, 16, interpret=True).masked_levels == 2
     assert gpu.make_config(4, 4, 2, 2, 2, 128, 16, interpret=True).masked_levels == 1
 
 
