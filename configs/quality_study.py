@@ -14,7 +14,11 @@ and the table:
         --name=quality_study_openmoji64 --device=<the GPU's device kind>
 Cost on one H200 (three runs at a time, 64², 1,200 steps): about 11 minutes for dense,
 llsa and llsa_topk together, in-run FID included (its 2,000 samples take about 2.5 minutes
-of each), and 8.5 minutes for the other three.
+of each), and 8.5 minutes for the other three; llsa, llsa_topk and llsa_enrich together took
+10.5 minutes on 2026-12-03 (training 7.3, FID 3.2).
+Measured (`experiments/results/nvidia_h200/quality_study_openmoji64.json`, 64², FID of
+2,000 samples): dense 137.9, llsa_topk 190.6, llsa_enrich 183.6, llsa 153.0, neighborhood
+121.4; topk and 128² not yet run.
 (`python -m experiments.evaluate --workdir=... --count=N` scores a run again, e.g. with
 more samples or `--memorisation`.)
 

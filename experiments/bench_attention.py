@@ -128,11 +128,12 @@ def compiled_bytes(fn, args) -> int:
 def kernel_profile(fn, args, calls: int) -> dict:
     """Where the device time of one call of the jitted `fn(*args)` goes, kernel by kernel
     (`profiling.profile_steps` over `calls` calls)."""
-    compiled = jax.jit(fn)
+    compiled = profiling.compile_for_profile(jax.jit(fn), *args)
+    jax.block_until_ready(compiled(*args))  # warm-up: the trace holds only the calls
     summary = profiling.profile_steps(lambda: compiled(*args), calls, top=12,
-                                      hlo_text=compiled.lower(*args).compile().as_text())
+                                      hlo_text=compiled.as_text())
     return {key: summary[key] for key in ("device_ms_per_step", "kernels_per_step",
-                                          "by_category", "top_kernels")}
+                                          "by_category", "top_kernels", "command_buffers")}
 
 
 def measure(entry: Entry, qkv, cotangent, modes, timing, profile_calls=0) -> dict:

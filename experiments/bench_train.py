@@ -30,7 +30,7 @@ from ml_collections import config_flags
 
 import lla.attention
 from experiments.benchmarking import write_report
-from experiments.profiling import format_summary, profile_steps
+from experiments.profiling import compile_for_profile, format_summary, profile_steps
 from lla import data
 from lla.training import sharding
 from lla.training.experiment import Experiment
@@ -96,12 +96,15 @@ def measure(config, attention: str) -> dict:
         row["peak_tflops"] = peak
         row["mfu"] = row["model_tflops_per_s"] / peak if peak else None
     if FLAGS.profile_steps:
+        profiled = compile_for_profile(step, state, batch)
+
         def run_step():
             nonlocal state
-            state, _ = step(state, batch)
+            state, _ = profiled(state, batch)
             return state
+        run_step()  # warm-up: the trace holds only the profiled steps
         row["profile"] = profile_steps(run_step, FLAGS.profile_steps,
-                                       hlo_text=step.lower(state, batch).compile().as_text())
+                                       hlo_text=profiled.as_text())
         print(f"{attention}: {format_summary(row['profile'])}", flush=True)
     return row
 

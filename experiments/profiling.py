@@ -1,7 +1,9 @@
 r"""Where a jitted step's device time goes: a trace taken with the JAX profiler, summed per
 kernel, per op category and per model scope.
 
-    summary = profile_steps(lambda: step(state, batch), steps=3)
+    profiled = compile_for_profile(step, state, batch)       # step: a jax.jit function
+    summary = profile_steps(lambda: profiled(state, batch), steps=3,
+                            hlo_text=profiled.as_text())
     print(format_summary(summary))
 
 `profile_steps` runs the call under `jax.profiler.trace`, reads the trace back with
@@ -13,6 +15,11 @@ trace lacks them, the class comes from the kernel's name and the name stack from
 compiled module's metadata (`hlo_op_names`). From the name stack come the scope (the flax
 module path with indices folded) and the pass (backward when it holds `transpose(`). Times
 are device time per step; a CPU has no such timeline and the summary is empty.
+
+XLA's GPU command buffers (CUDA graphs) show in a trace as one `command_buffer_N` event that
+hides the kernels inside it, so a step to profile is compiled with them off
+(`compile_for_profile`); timings keep XLA's defaults. A summary whose trace still holds one
+says so (`command_buffers`).
 """
 
 from __future__ import annotations
@@ -26,6 +33,9 @@ from collections.abc import Callable
 import jax
 
 OPS_LINE = "XLA Ops"
+# XLA flags for a profiled compile: no command buffers, so every kernel is its own event
+PROFILE_COMPILER_OPTIONS = {"xla_gpu_enable_command_buffer": ""}
+COMMAND_BUFFER = re.compile(r"command_buffer")
 
 
 def scope_of(name_stack: str) -> str:
@@ -76,7 +86,9 @@ def summarize(xspace: jax.profiler.ProfileData, steps: int, top: int = 25,
          "by_scope": {scope: ms} (the `top` largest), "top_kernels": [{"name", "category",
          "scope", "ms"}] (the `top` largest HLO instructions, summed over their kernel runs;
          category: that of most of their time),
-         "trace_lines": {plane: [line names]}},
+         "trace_lines": {plane: [line names]},
+         "command_buffers": ms of command-buffer events (each hides its kernels; 0.0 when
+         the step was compiled by `compile_for_profile`)},
 
     each sorted by time, descending. An event's HLO instruction is its `hlo_op` stat (else
     its name), its category XLA's `hlo_category` stat (else `kernel_category`), its name
@@ -122,14 +134,24 @@ def summarize(xspace: jax.profiler.ProfileData, steps: int, top: int = 25,
                              "category": k["categories"].most_common(1)[0][0],
                              "scope": k["scope"], "ms": k["ns"] / steps / 1e6}
                             for k in top_kernels],
-            "trace_lines": trace_lines}
+            "trace_lines": trace_lines,
+            "command_buffers": sum(k["ns"] for k in kernels.values()
+                                   if COMMAND_BUFFER.search(k["name"])) / steps / 1e6}
+
+
+def compile_for_profile(jitted, *args):
+    """`jitted` (a `jax.jit` function) compiled for `args` with PROFILE_COMPILER_OPTIONS:
+    the executable to call under `profile_steps` (and whose `as_text()` is its
+    `hlo_text`)."""
+    return jitted.lower(*args).compile(compiler_options=PROFILE_COMPILER_OPTIONS)
 
 
 def profile_steps(run_step: Callable[[], object], steps: int, top: int = 25,
                   hlo_text: str = "") -> dict:
     """`summarize` of a trace of `steps` calls of `run_step` (each call's result is waited
-    for); call it after compilation and warm-up. `hlo_text`, the compiled step's HLO,
-    names the scopes where the trace itself does not."""
+    for); call it after compilation and warm-up, on an executable from
+    `compile_for_profile`. `hlo_text`, the compiled step's HLO, names the scopes where the
+    trace itself does not."""
     with tempfile.TemporaryDirectory() as directory:
         with jax.profiler.trace(directory):
             for _ in range(steps):
@@ -143,6 +165,10 @@ def format_summary(summary: dict) -> str:
     """A few readable lines: totals, then the categories, passes, scopes and kernels."""
     lines = [f"device time {summary['device_ms_per_step']:.2f} ms/step in "
              f"{summary['kernels_per_step']:.0f} kernels"]
+    if summary.get("command_buffers"):
+        lines.append(f"  {summary['command_buffers']:.3f} ms in command buffers, whose "
+                     f"kernels the trace does not show (profile a compile_for_profile "
+                     f"executable)")
     for title in ("by_category", "by_pass", "by_scope"):
         lines.append(f"  {title[3:]}: " + ", ".join(
             f"{key} {ms:.2f}" for key, ms in summary[title].items()))

@@ -28,6 +28,10 @@ def _xspace(ops_events: list[str], other_events: list[str]) -> jax.profiler.Prof
             f"{metadata} {stats} }} "
             f"planes {{ id: 2 name: \"/host:CPU\" lines {{ id: 1 name: \"XLA Ops\" "
             f"{' '.join(other_events)} }} {metadata} {stats} }}")
+    return _from_text(text)
+
+
+def _from_text(text: str) -> jax.profiler.ProfileData:
     return jax.profiler.ProfileData.from_serialized_xspace(
         jax.profiler.ProfileData.text_proto_to_serialized_xspace(text))
 
@@ -80,8 +84,7 @@ def test_raw_stream_lines_are_read_with_names_from_the_compiled_module():
             'lines { id: 2 name: "Memcpy" events { metadata_id: 2 duration_ps: 9000000 } } '
             'event_metadata { key: 1 value { id: 1 name: "nvjet_tst_128x256_bf16" } } '
             'event_metadata { key: 2 value { id: 2 name: "loop_fusion.7" } } }')
-    xspace = jax.profiler.ProfileData.from_serialized_xspace(
-        jax.profiler.ProfileData.text_proto_to_serialized_xspace(text))
+    xspace = _from_text(text)
     hlo = ('  %loop_fusion.7 = f32[8]{0} fusion(%p), kind=kLoop, '
            'metadata={op_name="jit(step)/transpose(jvp(LM))/block_2/mlp/mul"}\n')
     summary = profiling.summarize(xspace, steps=1, op_names=profiling.hlo_op_names(hlo))
@@ -91,3 +94,27 @@ def test_raw_stream_lines_are_read_with_names_from_the_compiled_module():
                                                  "block_N/mlp": 0.001})
     assert summary["by_pass"] == pytest.approx({"forward": 0.003, "backward": 0.001})
     assert summary["trace_lines"] == {"/device:GPU:0": ["Stream #13(compute)", "Memcpy"]}
+
+
+def test_command_buffer_events_are_reported_as_hiding_their_kernels():
+    # a step compiled with XLA's command buffers traces as one command_buffer_N event
+    text = ('planes { id: 1 name: "/device:GPU:0" lines { id: 1 name: "XLA Ops" '
+            'events { metadata_id: 1 duration_ps: 4000000 } '
+            'events { metadata_id: 2 duration_ps: 1000000 } } '
+            'event_metadata { key: 1 value { id: 1 name: "command_buffer_1" } } '
+            'event_metadata { key: 2 value { id: 2 name: "loop_fusion.7" } } }')
+    xspace = _from_text(text)
+    summary = profiling.summarize(xspace, steps=2)
+    assert summary["command_buffers"] == pytest.approx(0.002)
+    assert "0.002 ms in command buffers, whose kernels the trace does not show" in \
+        profiling.format_summary(summary)
+
+
+def test_a_profiled_compile_turns_command_buffers_off_and_computes_the_same():
+    step = jax.jit(lambda x: jnp.tanh(x @ x))
+    x = jnp.linspace(-1, 1, 64 * 64).reshape(64, 64)
+    profiled = profiling.compile_for_profile(step, x)
+    assert profiling.PROFILE_COMPILER_OPTIONS == {"xla_gpu_enable_command_buffer": ""}
+    assert jnp.array_equal(profiled(x), step(x))
+    summary = profiling.profile_steps(lambda: profiled(x), steps=1, hlo_text=profiled.as_text())
+    assert summary["command_buffers"] == 0.0
