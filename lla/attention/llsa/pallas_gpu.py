@@ -4,8 +4,9 @@ Pooling runs in XLA (`hierarchy`, the same code as the reference); the selection
 reference's picks exactly: the non-causal coarsest level in XLA and the sparse levels on
 `lla.pallas_kernels.llsa.selection`. The attention over the selected sources is a
 `jax.custom_vjp` around the kernels of `lla.pallas_kernels.llsa.gpu` (`causal_gpu` with
-`causal=True`, whose selection is `lla.attention.llsa.causal.select`: its coarsest level on
-the block-selection kernel of `sparse_flash.selection`, the others in XLA); its inputs are
+`causal=True`, whose selection is `lla.attention.llsa.causal.select`'s: its coarsest level on
+the block-selection kernel of `sparse_flash.selection`, the others on
+`selection.select_causal_children`); its inputs are
 the pooled levels, so JAX differentiates the pooling itself and k, v get their gradients
 through it.
 """
@@ -37,16 +38,11 @@ def prepare(q, k, v, config: gpu.Config):
     """Pools in XLA and selects (`_select`); returns the kernels' k and v levels (L + 1 each,
     in k's dtype, layouts in `gpu`) and picks (L arrays, int32 [Bt·H, N / B^l, K]; causal:
     [Bt·H, N / B, K])."""
-    batch, _, _, head_dim = q.shape
-    kv_heads, size, levels = k.shape[2], config.block_size, config.levels
+    size, levels = config.block_size, config.levels
     k_pooled = hierarchy.pyramid(k, size, levels)
     v_pooled = hierarchy.pyramid(v, size, levels)
-
-    def as_blocks(x):
-        """[Bt, N_l, Hkv, D] -> [Bt, N_l / B, B, Hkv, D]."""
-        return x.reshape(batch, -1, size, kv_heads, head_dim)
-
-    picks = _select(q, k_pooled, as_blocks, config)
+    as_blocks = functools.partial(_as_blocks, block_size=size)
+    picks = _select(q, k_pooled, config)
     k_levels = (as_blocks(k), *(as_blocks(x.astype(k.dtype)) for x in k_pooled[1:levels]),
                 k_pooled[levels].astype(k.dtype))
     v_levels = (as_blocks(v), *(as_blocks(x.astype(v.dtype)) for x in v_pooled[1:levels]),
@@ -54,38 +50,47 @@ def prepare(q, k, v, config: gpu.Config):
     return k_levels, v_levels, tuple(picks[level] for level in range(1, levels + 1))
 
 
-def _select(q, k_pooled, as_blocks, config: gpu.Config) -> dict:
-    """{l: picks, rows-major [Bt·H, ..., K]}: causal, `causal.select` in XLA; else the coarsest
+def _as_blocks(x, block_size):
+    """[Bt, N_l, Hkv, D] -> [Bt, N_l / B, B, Hkv, D]."""
+    return x.reshape(x.shape[0], -1, block_size, *x.shape[2:])
+
+
+def _select(q, k_pooled, config: gpu.Config) -> dict:
+    """{l: picks, rows-major [Bt·H, ..., K]}: causal, `_select_causal`; else the coarsest
     level in XLA and the others with the `selection.select_children` kernel."""
-    rows = q.shape[0] * q.shape[2]
     if config.causal:
-        return {level: x.reshape(rows, *x.shape[2:])
-                for level, x in _select_causal(q, k_pooled, config).items()}
-    levels = config.levels
-    q_pooled = hierarchy.pyramid(jax.lax.stop_gradient(q), config.block_size, levels)
+        return _select_causal(q, k_pooled, config)
+    rows = q.shape[0] * q.shape[2]
+    size, levels = config.block_size, config.levels
+    q_pooled = hierarchy.pyramid(jax.lax.stop_gradient(q), size, levels)
     coarsest = hierarchy.select_coarsest(q_pooled[levels], k_pooled[levels], config.topk)
     picks = {levels: coarsest.reshape(rows, *coarsest.shape[2:])}
     for level in range(levels - 1, 0, -1):
         picks[level] = selection.select_children(
-            q_pooled[level], as_blocks(jax.lax.stop_gradient(k_pooled[level])),
+            q_pooled[level], _as_blocks(jax.lax.stop_gradient(k_pooled[level]), size),
             picks[level + 1], config)
     return picks
 
 
 def _select_causal(q, k_pooled, config: gpu.Config) -> dict:
-    """`causal.select` with its coarsest level on the block-selection kernel
+    """`causal.select` on kernels: the coarsest level on the block-selection kernel
     (`sparse_flash.selection`, `past_stride` = B^(L-1): query block b sees the coarsest
-    tokens j < b·B / B^L), the other levels in XLA; {l: int32 [Bt, H, N / B, K]}."""
+    tokens j < b·B / B^L), the others on `selection.select_causal_children`;
+    {l: int32 [Bt·H, N / B, K]}."""
     size, levels = config.block_size, config.levels
     s = causal.selection_queries(q, size)  # [Bt, H, N / B, D]
-    coarsest = k_pooled[levels]
     kernel_config = block_selection.make_config(
-        config.topk, config.heads, config.kv_heads, s.shape[2], coarsest.shape[1],
+        config.topk, config.heads, config.kv_heads, s.shape[2], k_pooled[levels].shape[1],
         config.head_dim, past_stride=size ** (levels - 1), interpret=config.interpret)
-    picks = block_selection.select_blocks(hierarchy.heads_major(s),
-                                          jax.lax.stop_gradient(coarsest), kernel_config)
-    blocks = jnp.arange(s.shape[2], dtype=jnp.int32)
-    return causal.select_blocks(s, blocks, k_pooled, size, config.topk, coarsest_picks=picks)
+    coarsest = block_selection.select_blocks(
+        hierarchy.heads_major(s), jax.lax.stop_gradient(k_pooled[levels]), kernel_config)
+    s = s.reshape(-1, *s.shape[2:])  # rows-major [Bt·H, N / B, D]
+    picks = {levels: coarsest.reshape(s.shape[0], -1, config.topk)}
+    for level in range(levels - 1, 0, -1):
+        picks[level] = selection.select_causal_children(
+            s, _as_blocks(jax.lax.stop_gradient(k_pooled[level]), size), picks[level + 1],
+            level, config)
+    return picks
 
 
 @functools.partial(jax.jit, static_argnames=("block_size", "topk", "levels", "enrich_levels",

@@ -116,9 +116,10 @@ def test_decoding_past_the_end_and_bad_sizes():
 
 @pytest.mark.parametrize(("tokens", "levels"), [(4096, 2), (1024, 3)])
 def test_gpu_selection_equals_the_reference_selection(tokens, levels):
-    """The GPU path's causal selection (coarsest level on the block-selection kernel, in
-    interpret mode) picks what `causal.select` picks, slot for slot: 256 coarsest tokens in
-    two key chunks at L = 2, and L = 3's 16; GQA 2:1."""
+    """The GPU path's causal selection (coarsest level on the block-selection kernel, the
+    others on the causal children kernel, in interpret mode) picks what `causal.select`
+    picks, slot for slot: 256 coarsest tokens in two key chunks at L = 2, and L = 3's 16
+    with two intermediate levels; GQA 2:1."""
     q, k, _ = random_qkv((1, tokens, tokens, 2, 1, 16))
     k_pooled = hierarchy.pyramid(k, 4, levels)
     config = gpu.make_config(4, 3, levels, 2, 1, tokens, 16, causal=True, interpret=True)
@@ -126,5 +127,25 @@ def test_gpu_selection_equals_the_reference_selection(tokens, levels):
     want = causal.select(q, k_pooled, 4, 3)
     assert sorted(got) == sorted(want) == list(range(1, levels + 1))
     for level in want:
-        np.testing.assert_array_equal(np.asarray(got[level]), np.asarray(want[level]))
+        np.testing.assert_array_equal(np.asarray(got[level]),
+                                      np.asarray(want[level]).reshape(got[level].shape))
     assert (np.asarray(want[levels])[..., -1] >= 0).any()  # some blocks fill all K slots
+
+
+def test_gpu_selection_breaks_ties_to_the_lower_token_as_the_reference_does():
+    """Equal keys: every candidate ties, so each level keeps its K lowest candidates: the
+    children of the lowest picks, before the open parent's complete children."""
+    q, _, _ = random_qkv((1, 256, 256, 2, 1, 16))
+    k_pooled = hierarchy.pyramid(jnp.ones((1, 256, 1, 16)), 4, 3)
+    config = gpu.make_config(4, 3, 3, 2, 1, 256, 16, causal=True, interpret=True)
+    got = pallas_gpu._select_causal(q, k_pooled, config)
+    want = causal.select(q, k_pooled, 4, 3)
+    for level in want:
+        np.testing.assert_array_equal(np.asarray(got[level]),
+                                      np.asarray(want[level]).reshape(got[level].shape))
+    # block 37 (tokens 148..151): complete level-3 tokens 0, 1 (of 64 tokens each), level-2
+    # tokens 0..8, level-1 tokens 0..36; so level 3 picks 0 and 1 and an empty slot, level
+    # 2 the lowest three of 0..7 and the open parent's 8, level 1 the lowest of 0..11, 36
+    np.testing.assert_array_equal(np.asarray(got[3])[0, 37], [0, 1, -1])
+    np.testing.assert_array_equal(np.asarray(got[2])[0, 37], [0, 1, 2])
+    np.testing.assert_array_equal(np.asarray(got[1])[0, 37], [0, 1, 2])
