@@ -15,7 +15,9 @@ by block_until_ready. Ratios are baseline time / op time (> 1: faster than the b
 an entry whose op also runs as "xla" with the same arguments in the same run gets its ratio
 over that reference too (`speedup_<mode>_vs_xla`). Ops that say how many keys a query sees
 (`lla.attention.kept_keys`) get their density (keys per query / Nk), the ideal speed-up over
-dense attention (Nk / keys) and half of it, the block-sparse issue's speed bar.
+dense attention (Nk / keys) and half of it, the block-sparse issue's speed bar, and their
+place against the device's limits (`benchmarking.attention_roofline`: model FLOPs and
+compulsory bytes per call, achieved TFLOP/s and TB/s, fractions of the datasheet ceilings).
 
 The baseline is --baseline (dense cuDNN); where it cannot run (CPU, float32) the first
 baseline implementation that can is used and named in the output. Results go to
@@ -35,8 +37,10 @@ from absl import app, flags
 import lla.attention as attention
 from experiments import profiling
 from experiments.benchmarking import (
+    CEILINGS,
     SHAPES,
     Entry,
+    attention_roofline,
     inputs,
     median_seconds,
     parse_shape,
@@ -193,6 +197,11 @@ def run(entries, shapes, baselines, dtype, modes, timing, profile_calls=0) -> di
                    **sparsity(entry, qkv)}
             if row["gate"]["passed"]:
                 row.update(measure(entry, qkv, cotangent, modes, timing, profile_calls))
+                if "keys_per_query" in row:
+                    row["roofline"] = attention_roofline(
+                        qkv[0].shape, qkv[1].shape, row["keys_per_query"],
+                        qkv[0].dtype.itemsize, {mode: row[f"{mode}_s"] for mode in modes},
+                        CEILINGS.get(jax.devices()[0].device_kind))
                 for mode in modes if base else ():
                     row[f"speedup_{mode}"] = base[f"{mode}_s"] / row[f"{mode}_s"]
             else:
@@ -233,6 +242,8 @@ def print_row(row, modes) -> None:
         text += f"peak {row['process_peak_bytes'] / 2**30:.2f} GiB "
     if "density" in row:
         text += f"density {row['density']:.4f} (ideal x{row['ideal_speedup']:.1f}) "
+        for mode, place in row.get("roofline", {}).items():
+            text += f"{mode} {place['tflops_per_s']:.0f} TFLOP/s {place['tb_per_s']:.2f} TB/s "
     print(text + (f"vs {base['entry']}" if base else ""), flush=True)
 
 

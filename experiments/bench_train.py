@@ -29,7 +29,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import lla.attention
-from experiments.benchmarking import write_report
+from experiments.benchmarking import CEILINGS, write_report
 from experiments.profiling import compile_for_profile, format_summary, profile_steps
 from lla import data
 from lla.training import sharding
@@ -46,12 +46,11 @@ flags.DEFINE_string("results_dir", "experiments/results", "results root; <device
 flags.DEFINE_integer("profile_steps", 0, "also trace this many steps with the JAX profiler "
                      "and report where the device time goes (experiments/profiling.py)")
 flags.DEFINE_float("peak_tflops", 0.0, "the device's peak dense TFLOP/s for model-FLOP "
-                   "utilisation (0: from PEAK_TFLOPS by device kind)")
+                   "utilisation (0: benchmarking.CEILINGS by device kind)")
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 
 # Dense bf16 tensor-core peak (no sparsity), TFLOP/s, by `device_kind`.
-PEAK_TFLOPS = {"NVIDIA H200": 989.4, "NVIDIA H100 80GB HBM3": 989.4}
 
 
 def measure(config, attention: str) -> dict:
@@ -92,7 +91,8 @@ def measure(config, attention: str) -> dict:
         row["model_flops_per_step"] = FLAGS.batch_size * flops(
             experiment.model.tokens_per_example)
         row["model_tflops_per_s"] = row["model_flops_per_step"] / seconds / 1e12
-        peak = FLAGS.peak_tflops or PEAK_TFLOPS.get(jax.devices()[0].device_kind)
+        ceilings = CEILINGS.get(jax.devices()[0].device_kind)
+        peak = FLAGS.peak_tflops or (ceilings.tflops if ceilings else None)
         row["peak_tflops"] = peak
         row["mfu"] = row["model_tflops_per_s"] / peak if peak else None
     if FLAGS.profile_steps:

@@ -1,5 +1,6 @@
 """Shared benchmark helpers: op entries, named shapes, inputs, a device-synchronised timer,
-the error metric and the report writer.
+the error metric, the attention cost model against a device's ceilings, and the report
+writer.
 
 No flags here, so every experiment script can import it."""
 
@@ -100,6 +101,52 @@ def parse_shape(name: str) -> tuple[int, int, int, int]:
     if re.fullmatch(r"\d+x\d+x\d+x\d+", name):
         return tuple(int(x) for x in name.split("x"))
     raise ValueError(f"unknown shape {name!r}: use one of {sorted(SHAPES)} or BxNxHxD")
+
+
+@dataclasses.dataclass(frozen=True)
+class Ceilings:
+    """A device's datasheet ceilings: dense bf16 matrix TFLOP/s and HBM TB/s (measured here
+    on an H200: about 790 TFLOP/s on random bf16 data and 4.3 TB/s copying;
+    ../.library/device/KINDS.md)."""
+
+    tflops: float
+    hbm_tb_per_s: float
+
+
+CEILINGS = {"NVIDIA H200": Ceilings(989.4, 4.8), "NVIDIA H100 80GB HBM3": Ceilings(989.4, 3.35)}
+
+
+def attention_roofline(q_shape, k_shape, keys_per_query: float, itemsize: int,
+                       seconds: dict[str, float], ceilings: Ceilings | None) -> dict:
+    """Where an attention call stands against the device's limits, per mode ("fwd",
+    "fwd_bwd") timed in `seconds`: {mode: {"flops", "bytes", "tflops_per_s", "tb_per_s",
+    "compute_fraction", "memory_fraction"}} (fractions of `ceilings`, None without them).
+
+    Model FLOPs: 4·Bt·N·H·D per key in a query's softmax (q·k and p·v), forward; 3.5 times
+    that forward and backward (the backward's five products: s again, dp, dq, dk, dv; kernels
+    that recompute s and dp in two sweeps execute more). Bytes: the compulsory HBM traffic,
+    each array once at `itemsize` (no re-read of a gathered key, no pooled level, no
+    selection): forward q, k, v read, out written, float32 lse written; the backward adds
+    q, k, v, out, d_out read, lse read, dq, dk, dv written. A fraction near 1 is that limit;
+    both far below it mean the call is bound by neither (latency, occupancy, launches)."""
+    batch, tokens, heads, dim = q_shape
+    q_elements = batch * tokens * heads * dim
+    kv_elements = k_shape[0] * k_shape[1] * k_shape[2] * k_shape[3]
+    lse_bytes = 4 * batch * tokens * heads
+    forward_flops = 4 * q_elements * keys_per_query
+    forward_bytes = itemsize * 2 * (q_elements + kv_elements) + lse_bytes
+    backward_bytes = itemsize * 4 * (q_elements + kv_elements) + lse_bytes
+    cost = {"fwd": (forward_flops, forward_bytes),
+            "fwd_bwd": (3.5 * forward_flops, forward_bytes + backward_bytes)}
+    result = {}
+    for mode, time_s in seconds.items():
+        flops, moved = cost[mode]
+        tflops, tb_per_s = flops / time_s / 1e12, moved / time_s / 1e12
+        result[mode] = {
+            "flops": flops, "bytes": moved, "tflops_per_s": tflops, "tb_per_s": tb_per_s,
+            "compute_fraction": tflops / ceilings.tflops if ceilings else None,
+            "memory_fraction": tb_per_s / ceilings.hbm_tb_per_s if ceilings else None}
+    return result
 
 
 def device_slug(kind: str | None = None) -> str:

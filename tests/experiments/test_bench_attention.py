@@ -77,6 +77,29 @@ def test_sparse_ops_report_density_and_the_ideal_and_profiles_when_asked(tmp_pat
     assert row["ideal_speedup"] == pytest.approx(4) and row["speedup_bar"] == pytest.approx(2)
     assert set(row["profile"]) == {"fwd", "fwd_bwd"}
     assert "top_kernels" in row["profile"]["fwd"]
+    # 4 flops per (query, head, dim, key): 96 queries x 2 heads x 16 x 24 keys
+    assert row["roofline"]["fwd"]["flops"] == 4 * 96 * 2 * 16 * 24
+    assert row["roofline"]["fwd"]["tflops_per_s"] == pytest.approx(
+        4 * 96 * 2 * 16 * 24 / row["fwd_s"] / 1e12)
+    assert row["roofline"]["fwd"]["compute_fraction"] is None  # a CPU has no ceilings
+
+
+def test_roofline_counts_model_flops_and_compulsory_bytes():
+    """q [1, 1024, 2, 16] over k/v [1, 1024, 1, 16] (GQA), 64 keys per query, bf16."""
+    place = benchmarking.attention_roofline(
+        (1, 1024, 2, 16), (1, 1024, 1, 16), 64, 2, {"fwd": 1e-3, "fwd_bwd": 4e-3},
+        benchmarking.Ceilings(tflops=100.0, hbm_tb_per_s=1.0))
+    # q and out 32,768 elements, k and v 16,384 each, lse 2,048 float32 rows
+    forward_bytes = 2 * (32768 + 32768 + 16384 + 16384) + 4 * 2048        # 204,800
+    backward_bytes = 2 * (4 * 32768 + 4 * 16384) + 4 * 2048               # 401,408
+    assert place["fwd"]["flops"] == 4 * 32768 * 64 == 8_388_608
+    assert place["fwd"]["bytes"] == forward_bytes == 204_800
+    assert place["fwd_bwd"]["flops"] == 3.5 * 8_388_608
+    assert place["fwd_bwd"]["bytes"] == forward_bytes + backward_bytes == 606_208
+    assert place["fwd"]["tflops_per_s"] == pytest.approx(8.388608e-3)
+    assert place["fwd"]["compute_fraction"] == pytest.approx(8.388608e-5)
+    assert place["fwd_bwd"]["tb_per_s"] == pytest.approx(606_208 / 4e-3 / 1e12)
+    assert place["fwd_bwd"]["memory_fraction"] == pytest.approx(606_208 / 4e-3 / 1e12)
 
 
 class _Doubling:
