@@ -38,8 +38,11 @@ Arguments, `configs/quality_study.py:key=value,...`:
   data=openmoji|fashion_mnist  (default openmoji; 4,495 colour emoji, all of them trained on
                                and all of them FID's reference)
   res=64|128                   image side; N = res² pixel tokens
+  batch=32, steps=1200         the recipe's batch and training steps (every variant of one
+                               study must share them; the table records both per row)
+  fid=2000                     samples (and real images) of the final FID/KID; 0: none
 Recipe, the same for every variant: DiT-S, bf16, batch 32, AdamW lr 3e-4 with 100 warm-up
-steps, EMA as llsa_pixel, 1,200 steps at 64² and 128² (`--config.total_steps` to change),
+steps, EMA as llsa_pixel, 1,200 steps at 64² and 128² (`batch=`, `steps=` to change),
 checkpoints every 200 steps, one evaluation at the end (sample grid, FID and KID in the
 run's metrics: `objective.fid_count`). The recipe is the one the
 Fashion-MNIST 64² runs of llsa_pixel's docstring used, where both llsa and dense drew
@@ -52,8 +55,8 @@ import ml_collections
 
 from configs import common, llsa_pixel
 
-DEFAULTS = {"variant": "llsa", "data": "openmoji", "res": 64}
-FID_SAMPLES = 2000
+DEFAULTS = {"variant": "llsa", "data": "openmoji", "res": 64, "batch": 32, "steps": 1200,
+            "fid": 2000}
 # variant -> (op, keyword arguments over the op's defaults)
 VARIANTS = {
     "dense": ("dense", {}),
@@ -70,6 +73,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     common.choose("variant", options["variant"], VARIANTS)
     common.choose("data", options["data"], ("openmoji", "fashion_mnist"))
     common.choose("res", options["res"], (64, 128))
+    for key in ("batch", "steps"):
+        if options[key] < 1:
+            raise ValueError(f"{key}={options[key]}: must be at least 1")
+    if options["fid"] < 0 or options["fid"] == 1:
+        raise ValueError(f"fid={options['fid']}: use 0 (no FID) or at least 2 samples "
+                         f"(FID needs a covariance)")
     op, kwargs = VARIANTS[options["variant"]]
     config = llsa_pixel.get_config(
         f"res={options['res']},data={options['data']},model=S,attention={op}")
@@ -77,14 +86,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.attention_kwargs = ml_collections.ConfigDict(
         {**common.attention(op)[1], **kwargs})
     config.model.dtype = "bfloat16"
-    config.batch_size = 32
-    config.total_steps = 1200
+    config.batch_size = options["batch"]
+    config.total_steps = options["steps"]
     config.optimizer.learning_rate = 3e-4
     config.optimizer.warmup_steps = 100
     config.log_every = 50
     config.checkpoint_every = 200
     config.eval_every = config.get_ref("total_steps")  # follows --config.total_steps
-    config.objective.fid_count = FID_SAMPLES
+    config.objective.fid_count = options["fid"]
     config.objective.fid_batch_size = 200
     config.study = ml_collections.ConfigDict({"variant": options["variant"]})
     return config

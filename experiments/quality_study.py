@@ -14,7 +14,8 @@ relative to dense, the paper's checks) and `<name>.png` (FID bars with KID and i
 the final sample grid of each run beside its bar), and copies each run's final grid as
 `<name>_<variant>.png`.
 
-The checks are the study's acceptance (issue 16): LLSA's FID within 10 % of dense, and LLSA
+The runs must share one recipe (data, resolution, batch and steps); runs of several
+rounds of it can make one table. The checks are the study's acceptance (issue 16): LLSA's FID within 10 % of dense, and LLSA
 Table 1a's ordering over its L = 2 column (selection only worst, full LLSA best of
 `llsa_topk`, `llsa_enrich`, `llsa`), with single-level `topk` above all three.
 """
@@ -42,6 +43,7 @@ flags.DEFINE_string("note", "", "a sentence stored with the table (how the runs 
 # --workdirs is checked in main, not marked required (as in experiments.evaluate): tests
 # import this module into processes that parse the global flags for other tools.
 FLAGS = flags.FLAGS
+RECIPE = ("dataset", "resolution", "batch_size", "total_steps")  # equal in one study
 
 def main(argv) -> None:
     del argv
@@ -60,6 +62,10 @@ def main(argv) -> None:
     rows = {row["variant"]: row for row in sorted(found, key=lambda r: order.index(r["variant"]))}
     if len(rows) < len(found):
         raise app.UsageError("two workdirs train the same variant; pass one per variant")
+    recipes = {tuple(row[key] for key in RECIPE) for row in rows.values()}
+    if len(recipes) > 1:
+        raise app.UsageError(f"the runs do not share one recipe ({', '.join(RECIPE)}): "
+                             f"{sorted(recipes)}; a study compares equal steps and batch")
     dense = rows.get("dense", {})
     for row in rows.values():
         for key in ("fid", "kid_mean"):

@@ -36,12 +36,17 @@ def test_every_variant_shares_one_recipe():
     assert config.copy_and_resolve_references().eval_every == 3000
     fashion = quality_study.get_config("variant=dense,data=fashion_mnist,res=128")
     assert (fashion.data.name, fashion.data.kwargs.resolution) == ("fashion_mnist", 128)
+    smaller = quality_study.get_config("variant=llsa,res=128,batch=16,steps=900,fid=1000")
+    assert (smaller.batch_size, smaller.total_steps, smaller.eval_every) == (16, 900, 900)
+    assert smaller.objective.fid_count == 1000
 
 
 @pytest.mark.parametrize(("arg", "message"), [
     ("variant=full", "variant=full: choose one of dense, topk, llsa_topk"),
     ("res=256", "res=256: choose one of 64, 128"),
     ("data=procedural", "data=procedural: choose one of openmoji, fashion_mnist"),
+    ("batch=0", "batch=0: must be at least 1"),
+    ("fid=1", r"fid=1: use 0 \(no FID\) or at least 2"),
 ])
 def test_bad_arguments_name_the_choices(arg, message):
     with pytest.raises(ValueError, match=message):

@@ -21,12 +21,13 @@ def collect(*flags):
                           capture_output=True, text=True, check=False)
 
 
-def make_run(root, variant, fid, *, logged_only=False, rate=4.0):
-    """A fake study workdir: config, 10 logged losses (the last 5 mean to 0.1 + fid/1e4),
-    a sample grid and an evaluation record (or only the run's own logged FID)."""
+def make_run(root, variant, fid, *, logged_only=False, rate=4.0, recipe=""):
+    """A fake study workdir: config (`recipe`: more config arguments), 10 logged losses (the
+    last 5 mean to 0.1 + fid/1e4), a sample grid and an evaluation record (or only the
+    run's own logged FID)."""
     workdir = root / f"run_{variant}"
     (workdir / "samples").mkdir(parents=True)
-    config = study_config.get_config(f"variant={variant}").copy_and_resolve_references()
+    config = study_config.get_config(f"variant={variant}{recipe}").copy_and_resolve_references()
     (workdir / "config.json").write_text(config.to_json())
     lines = [{"step": 100 * i, "loss": 1.0 if i < 5 else 0.1 + fid / 1e4,
               "steps_per_s": rate} for i in range(1, 11)]
@@ -91,3 +92,13 @@ def test_refuses_runs_it_cannot_read(tmp_path):
     done = collect(f"--workdirs={tmp_path / 'run_dense'}", f"--results_dir={tmp_path / 'o'}")
     assert done.returncode != 0 and "pass --device" in done.stderr
     assert collect().returncode != 0
+
+
+def test_refuses_runs_of_different_recipes(tmp_path):
+    make_run(tmp_path, "dense", 20.0)
+    make_run(tmp_path, "llsa", 21.0, recipe=",batch=16")
+    done = collect(f"--workdirs={tmp_path / 'run_*'}", f"--results_dir={tmp_path / 'o'}")
+    assert done.returncode != 0
+    assert "do not share one recipe (dataset, resolution, batch_size, total_steps)" in \
+        done.stderr
+    assert "16" in done.stderr and "32" in done.stderr
