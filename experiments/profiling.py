@@ -16,10 +16,10 @@ compiled module's metadata (`hlo_op_names`). From the name stack come the scope 
 module path with indices folded) and the pass (backward when it holds `transpose(`). Times
 are device time per step; a CPU has no such timeline and the summary is empty.
 
-XLA's GPU command buffers (CUDA graphs) show in a trace as one `command_buffer_N` event that
-hides the kernels inside it, so a step to profile is compiled with them off
-(`compile_for_profile`); timings keep XLA's defaults. A summary whose trace still holds one
-says so (`command_buffers`).
+XLA's GPU command buffers (CUDA graphs) put every kernel inside one under the instruction
+`command_buffer_N` (their categories survive, their names do not), so a step to profile is
+compiled with them off (`compile_for_profile`); timings keep XLA's defaults. A summary whose
+trace still holds one says so (`command_buffers`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from collections.abc import Callable
 import jax
 
 OPS_LINE = "XLA Ops"
-# XLA flags for a profiled compile: no command buffers, so every kernel is its own event
+# XLA flags for a profiled compile: no command buffers, so every kernel keeps its own name
 PROFILE_COMPILER_OPTIONS = {"xla_gpu_enable_command_buffer": ""}
 COMMAND_BUFFER = re.compile(r"command_buffer")
 
@@ -87,7 +87,7 @@ def summarize(xspace: jax.profiler.ProfileData, steps: int, top: int = 25,
          "scope", "ms"}] (the `top` largest HLO instructions, summed over their kernel runs;
          category: that of most of their time),
          "trace_lines": {plane: [line names]},
-         "command_buffers": ms of command-buffer events (each hides its kernels; 0.0 when
+         "command_buffers": ms of command-buffer events (their kernels unnamed; 0.0 when
          the step was compiled by `compile_for_profile`)},
 
     each sorted by time, descending. An event's HLO instruction is its `hlo_op` stat (else
@@ -167,7 +167,7 @@ def format_summary(summary: dict) -> str:
              f"{summary['kernels_per_step']:.0f} kernels"]
     if summary.get("command_buffers"):
         lines.append(f"  {summary['command_buffers']:.3f} ms in command buffers, whose "
-                     f"kernels the trace does not show (profile a compile_for_profile "
+                     f"kernels the trace does not name (profile a compile_for_profile "
                      f"executable)")
     for title in ("by_category", "by_pass", "by_scope"):
         lines.append(f"  {title[3:]}: " + ", ".join(

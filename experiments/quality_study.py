@@ -15,9 +15,10 @@ the final sample grid of each run beside its bar), and copies each run's final g
 `<name>_<variant>.png`.
 
 The runs must share one recipe (data, resolution, batch and steps); runs of several
-rounds of it can make one table. The checks are the study's acceptance (issue 16): LLSA's FID within 10 % of dense, and LLSA
-Table 1a's ordering over its L = 2 column (selection only worst, full LLSA best of
-`llsa_topk`, `llsa_enrich`, `llsa`), with single-level `topk` above all three.
+rounds of it can make one table. The checks are the study's acceptance (issue 16): LLSA's
+FID within 10 % of dense, and LLSA Table 1a's ordering over its L = 2 column (selection
+only worst, full LLSA best of `llsa_topk`, `llsa_enrich`, `llsa`), with single-level `topk`
+above all three.
 """
 
 from __future__ import annotations

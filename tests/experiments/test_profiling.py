@@ -96,7 +96,7 @@ def test_raw_stream_lines_are_read_with_names_from_the_compiled_module():
     assert summary["trace_lines"] == {"/device:GPU:0": ["Stream #13(compute)", "Memcpy"]}
 
 
-def test_command_buffer_events_are_reported_as_hiding_their_kernels():
+def test_command_buffer_events_are_reported_as_hiding_their_kernels_names():
     # a step compiled with XLA's command buffers traces as one command_buffer_N event
     text = ('planes { id: 1 name: "/device:GPU:0" lines { id: 1 name: "XLA Ops" '
             'events { metadata_id: 1 duration_ps: 4000000 } '
@@ -106,7 +106,7 @@ def test_command_buffer_events_are_reported_as_hiding_their_kernels():
     xspace = _from_text(text)
     summary = profiling.summarize(xspace, steps=2)
     assert summary["command_buffers"] == pytest.approx(0.002)
-    assert "0.002 ms in command buffers, whose kernels the trace does not show" in \
+    assert "0.002 ms in command buffers, whose kernels the trace does not name" in \
         profiling.format_summary(summary)
 
 
