@@ -50,9 +50,6 @@ flags.DEFINE_float("peak_tflops", 0.0, "the device's peak dense TFLOP/s for mode
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 
-# Dense bf16 tensor-core peak (no sparsity), TFLOP/s, by `device_kind`.
-
-
 def measure(config, attention: str) -> dict:
     config = config.copy_and_resolve_references()
     if "attention" not in config.model:  # a family without attention (ConvS5)

@@ -85,13 +85,11 @@ def select(q: jax.Array, k_levels: list[jax.Array], block_size: int, topk: int
 
 
 def select_blocks(s: jax.Array, blocks: jax.Array, k_levels: list, block_size: int,
-                  topk: int, coarsest_picks: jax.Array | None = None
-                  ) -> dict[int, jax.Array]:
+                  topk: int) -> dict[int, jax.Array]:
     """The selection of query blocks `blocks` int32 [nb] with their selection queries s
     float32 [Bt, H, nb, D] (no gradient); k_levels as in `select`, or longer (a decoding
-    cache: tokens past the block's complete ones are never candidates). `coarsest_picks`
-    int32 [Bt, H, nb, K]: the level-L picks where computed elsewhere (the GPU selection
-    kernel), else in XLA here. Returns {l: int32 [Bt, H, nb, K]}."""
+    cache: tokens past the block's complete ones are never candidates). Returns
+    {l: int32 [Bt, H, nb, K]}."""
     levels = len(k_levels) - 1
     heads = s.shape[1]
 
@@ -99,14 +97,12 @@ def select_blocks(s: jax.Array, blocks: jax.Array, k_levels: list, block_size: i
         x = jnp.repeat(k_levels[level], heads // k_levels[level].shape[2], axis=2)
         return lax.stop_gradient(hierarchy.heads_major(x).astype(jnp.float32))
 
-    if coarsest_picks is None:
-        coarsest = keys(levels)  # [Bt, H, N_L, D]
-        scores = jnp.einsum("bhnd,bhmd->bhnm", s, coarsest, precision=lax.Precision.HIGHEST)
-        tokens = jnp.arange(coarsest.shape[2], dtype=jnp.int32)
-        complete = tokens < complete_count(levels, blocks, block_size)[:, None]
-        coarsest_picks = _top_k(jnp.where(complete, scores, -jnp.inf),
-                                jnp.broadcast_to(tokens, scores.shape), topk)
-    picks = {levels: coarsest_picks}
+    coarsest = keys(levels)  # [Bt, H, N_L, D]
+    scores = jnp.einsum("bhnd,bhmd->bhnm", s, coarsest, precision=lax.Precision.HIGHEST)
+    tokens = jnp.arange(coarsest.shape[2], dtype=jnp.int32)
+    complete = tokens < complete_count(levels, blocks, block_size)[:, None]
+    picks = {levels: _top_k(jnp.where(complete, scores, -jnp.inf),
+                            jnp.broadcast_to(tokens, scores.shape), topk)}
     for level in range(levels - 1, 0, -1):
         candidates, valid = usable_children(
             parents_with_open(picks[level + 1], level + 1, blocks, block_size), level, blocks,
