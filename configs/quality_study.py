@@ -17,8 +17,14 @@ llsa and llsa_topk together, in-run FID included (its 2,000 samples take about 2
 of each), and 8.5 minutes for the other three; llsa, llsa_topk and llsa_enrich together took
 10.5 minutes on 2026-12-03 (training 7.3, FID 3.2).
 Measured (`experiments/results/nvidia_h200/quality_study_openmoji64.json`, 64², FID of
-2,000 samples): dense 137.9, llsa_topk 190.6, llsa_enrich 183.6, llsa 153.0, neighborhood
-121.4; topk and 128² not yet run.
+2,000 samples): dense 137.9, topk 173.6, llsa_topk 190.6, llsa_enrich 183.6, llsa 153.0,
+neighborhood 121.4 (topk alone on the GPU: 4 minutes for training and 1 for its FID).
+128²: DiT-S at batch 16 trains at 21.7 images/s with dense and 79.5 with llsa on one H200
+(`dit_s_128_train_throughput_study.json`), so res=128,batch=16,steps=600,fid=1000 costs
+an estimated 14 minutes alone for dense (7.4 of training, about 6.4 for its FID at 64²'s
+ratio of sampling to training cost) and 4 for each LLSA variant; not yet measured to the
+end (the one attempt, dense and llsa side by side, lost its machine before either FID was
+logged: llsa's 600 steps took 4.5 minutes beside dense, dense 1.55 s a step beside llsa).
 (`python -m experiments.evaluate --workdir=... --count=N` scores a run again, e.g. with
 more samples or `--memorisation`.)
 

@@ -70,7 +70,8 @@ def llsa(
       k, v: [B, N, Hkv, D], Hkv dividing H.
       block_size: tokens per block and pooling window (B >= 2).
       topk: blocks kept per query block at every level (K <= N / B^L).
-      levels: L >= 1; None means max(1, floor(log_B(N) - 1)).
+      levels: L >= 1; None means max(1, floor(log_B(N) - 1)), and one fewer (at least 1)
+        with causal=True (`hierarchy.default_levels`).
       enrich_levels: Lₑ in 0..L, the coarse levels 1..Lₑ that join each query block's KV
         set (levels Lₑ+1..L, the coarsest, are left out); 0 is plain top-K over the
         selected fine blocks; None means L.
@@ -91,11 +92,11 @@ def llsa(
     tokens = q.shape[1]
     block_size = check_int("llsa", "block_size", block_size, 2)
     topk = check_int("llsa", "topk", topk, 1)
-    levels = (hierarchy.default_levels(tokens, block_size) if levels is None
+    causal = check_flag("llsa", "causal", causal)
+    levels = (hierarchy.default_levels(tokens, block_size, causal) if levels is None
               else check_int("llsa", "levels", levels, 1))
     enrich_levels = hierarchy.check_enrich_levels("llsa", enrich_levels, levels)
     reweight = check_flag("llsa", "reweight", reweight)
-    causal = check_flag("llsa", "causal", causal)
     interpret = check_flag("llsa", "interpret", interpret)
     hierarchy.check_hierarchy("llsa", tokens, block_size, topk, levels)
     static = dict(block_size=block_size, topk=topk, levels=levels,

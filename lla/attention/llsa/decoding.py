@@ -50,7 +50,9 @@ class Cache(NamedTuple):
 
 
 def _levels(capacity: int, block_size: int, levels: int | None) -> int:
-    return hierarchy.default_levels(capacity, block_size) if levels is None else levels
+    """`levels`, or the causal op's default for `capacity` tokens."""
+    return hierarchy.default_levels(capacity, block_size, causal=True) if levels is None \
+        else levels
 
 
 def init_cache(batch: int, capacity: int, heads: int, kv_heads: int, head_dim: int, dtype, *,

@@ -27,13 +27,20 @@ def heads_major(x: jax.Array) -> jax.Array:
     return x.transpose(0, 2, 1, 3)
 
 
-def default_levels(tokens: int, block_size: int) -> int:
-    """max(1, floor(log_B(N) - 1)): the largest L with B^(L+1) <= N, at least 1 (needs
-    block_size >= 2)."""
+def default_levels(tokens: int, block_size: int, causal: bool = False) -> int:
+    """The default L: the largest L with B^(L+1) <= N, at least 1 (= max(1, floor(log_B(N)
+    - 1)); needs block_size >= 2); causal, one level fewer, at least 1.
+
+    Causal calls stop a level earlier because the deeper hierarchy is the slower one there:
+    at [1, 65536, 6, 64] on an H200, causal fwd+bwd took 4.24 ms at L = 2 and 8.14 ms at
+    L = 3 (`experiments/results/nvidia_h200/llsa_causal_children.json`; the causal dK/dV of
+    level L - 1 has no masked-tile form, docs/llsa_causal.md). One measured shape, so the
+    rule is a heuristic; the non-causal default is the fastest L measured at 65,536 tokens.
+    """
     levels = 1
     while block_size ** (levels + 2) <= tokens:
         levels += 1
-    return levels
+    return max(1, levels - 1) if causal else levels
 
 
 def check_hierarchy(op: str, tokens: int, block_size: int, topk: int, levels: int) -> None:

@@ -67,11 +67,11 @@ def sequence_parallel_llsa(
     tokens = local * devices
     block_size = check_int(_OP, "block_size", block_size, 2)
     topk = check_int(_OP, "topk", topk, 1)
-    levels = (hierarchy.default_levels(tokens, block_size) if levels is None
+    causal = check_flag(_OP, "causal", causal)
+    levels = (hierarchy.default_levels(tokens, block_size, causal) if levels is None
               else check_int(_OP, "levels", levels, 1))
     enrich_levels = hierarchy.check_enrich_levels(_OP, enrich_levels, levels)
     reweight = check_flag(_OP, "reweight", reweight)
-    causal = check_flag(_OP, "causal", causal)
     hierarchy.check_hierarchy(_OP, tokens, block_size, topk, levels)
     span = block_size ** levels
     if local % span:

@@ -149,3 +149,25 @@ def test_gpu_selection_breaks_ties_to_the_lower_token_as_the_reference_does():
     np.testing.assert_array_equal(np.asarray(got[3])[0, 37], [0, 1, -1])
     np.testing.assert_array_equal(np.asarray(got[2])[0, 37], [0, 1, 2])
     np.testing.assert_array_equal(np.asarray(got[1])[0, 37], [0, 1, 2])
+
+
+@pytest.mark.parametrize(("tokens", "block_size", "plain", "causal_levels"),
+                         [(65536, 16, 3, 2), (4096, 16, 2, 1), (16, 16, 1, 1), (64, 2, 5, 4)])
+def test_default_levels_causal_one_fewer(tokens, block_size, plain, causal_levels):
+    """`levels=None` with causal=True is one level below the non-causal default, never 0."""
+    assert hierarchy.default_levels(tokens, block_size) == plain
+    assert hierarchy.default_levels(tokens, block_size, causal=True) == causal_levels
+
+
+def test_default_levels_reach_the_op_and_the_cache():
+    """The op and the decoding cache resolve causal `levels=None` alike (N = 64, B = 4:
+    L = 1, where the non-causal default is 2), so a default cache decodes the default
+    forward."""
+    static = dict(block_size=4, topk=2)
+    q, k, v = with_level_structure(random_qkv((1, 64, 64, 2, 1, 8)), 4, 2)
+    default = attention.llsa(q, k, v, causal=True, implementation="xla", **static)
+    one = attention.llsa(q, k, v, causal=True, implementation="xla", levels=1, **static)
+    two = attention.llsa(q, k, v, causal=True, implementation="xla", levels=2, **static)
+    np.testing.assert_array_equal(default, one)
+    assert float(jnp.abs(default - two).max()) > 1e-3
+    assert len(decoding.init_cache(1, 64, 2, 1, 8, jnp.float32, **static).pooled_keys) == 1
