@@ -33,6 +33,9 @@ SMALL_TILES = dict(query_blocks=2, fine_chunk=1, pick_chunk=1, coarse_tile=2, dk
         ((1, 128, 128, 2, 2, 8), dict(block_size=4, topk=2, levels=2, enrich_levels=0), None),
         ((1, 128, 128, 2, 2, 8), dict(block_size=4, topk=2, levels=2, enrich_levels=1), None),
         ((2, 96, 96, 2, 1, 8), dict(block_size=4, topk=2, levels=2, reweight=False), None),
+        # One query block per program (no cross-block masks), all picks in one tile.
+        ((1, 128, 128, 2, 1, 8), dict(block_size=4, topk=2, levels=2),
+         dict(query_blocks=1, pick_chunk=2, fine_chunk=2)),
         # B not a power of two; picks of three per tile.
         ((1, 72, 72, 1, 1, 8), dict(block_size=6, topk=3, levels=1), dict(fine_chunk=3)),
     ],
