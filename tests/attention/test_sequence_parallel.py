@@ -29,6 +29,7 @@ LLSA = {  # name: (causal, levels, heads, kv_heads); P = 4, N = 256, block 4, to
     "llsa_p4_levels3_gqa": (False, 3, 3, 1),
     "llsa_p4_causal_levels2": (True, 2, 3, 3),
     "llsa_p4_causal_levels3_gqa": (True, 3, 3, 1),
+    "llsa_p4_causal_default_levels": (True, None, 2, 2),  # resolved per op: L = 1 causal
 }
 
 
