@@ -51,8 +51,9 @@ class Cache(NamedTuple):
 
 def _levels(capacity: int, block_size: int, levels: int | None) -> int:
     """`levels`, or the causal op's default for `capacity` tokens."""
-    return hierarchy.default_levels(capacity, block_size, causal=True) if levels is None \
-        else levels
+    if levels is None:
+        return hierarchy.default_levels(capacity, block_size, causal=True)
+    return levels
 
 
 def init_cache(batch: int, capacity: int, heads: int, kv_heads: int, head_dim: int, dtype, *,

@@ -35,7 +35,8 @@ def default_levels(tokens: int, block_size: int, causal: bool = False) -> int:
     at [1, 65536, 6, 64] on an H200, causal fwd+bwd took 4.24 ms at L = 2 and 8.14 ms at
     L = 3 (`experiments/results/nvidia_h200/llsa_causal_children.json`; the causal dK/dV of
     level L - 1 has no masked-tile form, docs/llsa_causal.md). One measured shape, so the
-    rule is a heuristic; the non-causal default is the fastest L measured at 65,536 tokens.
+    rule is a heuristic. Non-causal, L = 3 and L = 2 tie at that shape (fwd+bwd 2.018 and
+    2.008 ms, `llsa_masked_default.json`, `llsa_a.json`).
     """
     levels = 1
     while block_size ** (levels + 2) <= tokens:

@@ -30,7 +30,8 @@ class LlsaTestBase(AttentionOpTestBase):
         same blocks (unit-normal inputs at 32768 tokens flip near-ties: dq error 2.1e-2)."""
         q, k, v = random_qkv(shape)
         block_size = self.kwargs["block_size"]
-        levels = self.kwargs.get("levels") or default_levels(shape[1], block_size)
+        levels = self.kwargs.get("levels") or default_levels(
+            shape[1], block_size, self.kwargs.get("causal", False))
         return tuple(x.astype(dtype) for x in with_level_structure((q, k, v), block_size,
                                                                    levels))
 
