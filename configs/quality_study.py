@@ -22,9 +22,12 @@ neighborhood 121.4 (topk alone on the GPU: 4 minutes for training and 1 for its 
 128²: DiT-S at batch 16 trains at 21.7 images/s with dense and 79.5 with llsa on one H200
 (`dit_s_128_train_throughput_study.json`), so res=128,batch=16,steps=600,fid=1000 costs
 an estimated 14 minutes alone for dense (7.4 of training, about 6.4 for its FID at 64²'s
-ratio of sampling to training cost) and 4 for each LLSA variant; not yet measured to the
-end (the one attempt, dense and llsa side by side, lost its machine before either FID was
-logged: llsa's 600 steps took 4.5 minutes beside dense, dense 1.55 s a step beside llsa).
+ratio of sampling to training cost) and 4 for each LLSA variant. Measured at 128² (round 1,
+`quality_study_openmoji128.json`: trained with fid=0, then `experiments.evaluate
+--count=1000`): dense and llsa side by side took 10.8 and 5.0 minutes to train, and 6.7 and
+3.6 minutes for their FID; dense FID 327.6, llsa 305.4, both far from converged. A third
+run beside them ran out of memory (at 128² batch 16 a run holds up to about 70 GiB: run at
+most two at a time, `-j 2`).
 (`python -m experiments.evaluate --workdir=... --count=N` scores a run again, e.g. with
 more samples or `--memorisation`.)
 

@@ -63,7 +63,11 @@ class Config(HeadRows):
     summary_tokens: int = 0  # S always-visible summary tokens (0: none)
     summary_tile: int = 1  # summary tokens per tile (divides S)
     summary_splits: int = 1  # query splits of the summary dK/dV (divides nQ)
-    num_warps: int = 4
+    num_warps: int = 4  # forward and summary dK/dV
+    # dQ and dK/dV: 8 at block 128 (`make_config`; ASA at [1, 65536, 6, 64] on an H200,
+    # tune_asa_dit256_warps.json: fwd+bwd 65.7 -> 49.3 ms, while 8 forward warps cost
+    # 13.0 -> 14.7 ms)
+    backward_num_warps: int = 4
     num_stages: int = 2
     # The dQ kernel runs unpipelined: with num_warps 4 and two stages its results on an H200
     # (jax 0.11.2) differed between two runs on the same inputs, a few query blocks ~10 % off
@@ -80,23 +84,26 @@ class Config(HeadRows):
         """Whether the last key block holds padding keys."""
         return self.kv_tokens < self.key_blocks * self.block_size
 
-    def compiler_params(self, num_stages: int | None = None):
+    def compiler_params(self, num_stages: int | None = None, *, backward: bool = False):
         """Triton launch parameters of the sparse-flash GPU kernels (`num_stages` replaces
-        the config's, as the dQ kernel's `dq_num_stages` does)."""
-        return plt.CompilerParams(num_warps=self.num_warps,
-                                  num_stages=num_stages or self.num_stages)
+        the config's, as the dQ kernel's `dq_num_stages` does; `backward`: the dQ and
+        dK/dV kernels' `backward_num_warps`)."""
+        return plt.CompilerParams(
+            num_warps=self.backward_num_warps if backward else self.num_warps,
+            num_stages=num_stages or self.num_stages)
 
 
 # The fields of `Config` that `lla.attention.tuning(op, "pallas_gpu", ...)` may set.
-TUNABLE_FIELDS = ("chunk", "summary_tile", "summary_splits", "num_warps", "num_stages",
-                  "dq_num_stages")
+TUNABLE_FIELDS = ("chunk", "summary_tile", "summary_splits", "num_warps",
+                  "backward_num_warps", "num_stages", "dq_num_stages")
 
 
 def make_config(block_size, topk, heads, kv_heads, q_tokens, kv_tokens, head_dim, *,
                 causal=False, summary_tokens=0, interpret=False, **overrides) -> Config:
     """Default tiling: key tiles of up to 128 keys (chunk = the largest divisor of K with
     chunk·B <= 128); summary tiles of up to 64 tokens, their dK/dV in up to 16 query splits;
-    `overrides` replaces any tunable field."""
+    8 warps in dQ and dK/dV at B >= 128 (4 below, where it was not measured); `overrides`
+    replaces any tunable field."""
     query_blocks = -(-q_tokens // block_size)
     config = Config(block_size=block_size, topk=topk, heads=heads, kv_heads=kv_heads,
                     query_blocks=query_blocks, key_blocks=-(-kv_tokens // block_size),
@@ -105,6 +112,7 @@ def make_config(block_size, topk, heads, kv_heads, q_tokens, kv_tokens, head_dim
                     summary_tokens=summary_tokens,
                     summary_tile=largest_divisor_at_most(max(summary_tokens, 1), 64),
                     summary_splits=largest_divisor_at_most(query_blocks, 16),
+                    backward_num_warps=8 if block_size >= 128 else 4,
                     interpret=interpret)
     config = dataclasses.replace(config, **overrides)
     check_tiling(config)
@@ -322,7 +330,7 @@ def backward_dq(q, d_out, lse, delta, k, v, blocks, counts, summary, config: Con
                   *_summary_specs(config)],
         out_specs=query,
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-        compiler_params=config.compiler_params(config.dq_num_stages),
+        compiler_params=config.compiler_params(config.dq_num_stages, backward=True),
         interpret=config.interpret,
         name="sparse_flash_backward_dq",
     )(q, d_out, lse, delta, _as_blocks(k, config), _as_blocks(v, config), blocks, counts,
@@ -373,7 +381,7 @@ def backward_dkv(q, d_out, lse, delta, k, v, offsets, readers, config: Config):
                   pl.BlockSpec((None, readers.shape[1]), lambda j, row: (row, 0))],
         out_specs=[out, out],
         out_shape=[jax.ShapeDtypeStruct((batch, k.shape[1], heads, dim), jnp.float32)] * 2,
-        compiler_params=config.compiler_params(),
+        compiler_params=config.compiler_params(backward=True),
         interpret=config.interpret,
         name="sparse_flash_backward_dkv",
     )(q, d_out, lse, delta, k, v, offsets, readers)

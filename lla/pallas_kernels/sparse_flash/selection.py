@@ -85,17 +85,30 @@ class Config(HeadRows):
         return -(-self.key_blocks // self.chunk) * self.chunk
 
 
+# The fields of `Config` a caller may tune (topk_block's "pallas_gpu" exposes them).
+TUNABLE_FIELDS = ("tile", "chunk", "num_warps")
+
+
 def make_config(topk, heads, kv_heads, query_blocks, key_blocks, head_dim, *, causal=False,
-                local=False, past_stride=0, interpret=False) -> Config:
+                local=False, past_stride=0, interpret=False, **overrides) -> Config:
     """Heuristic tiling: 16 query blocks per program, key chunks of up to 128 blocks (fewer
-    when the sequence has fewer, at least 16)."""
+    when the sequence has fewer, at least 16); `overrides` replaces any of
+    `TUNABLE_FIELDS`. Raises ValueError for a tile or chunk that is not a power of two
+    >= 16 (the dot's rows and Triton's array sizes)."""
     if past_stride and (causal or local):
         raise ValueError("selection: past_stride forces no block; it excludes causal and "
                          "local")
     chunk = min(128, max(16, _next_power_of_two(key_blocks)))
-    return Config(topk=topk, heads=heads, kv_heads=kv_heads, query_blocks=query_blocks,
-                  key_blocks=key_blocks, head_dim=head_dim, causal=causal, local=local,
-                  past_stride=past_stride, chunk=chunk, interpret=interpret)
+    config = Config(topk=topk, heads=heads, kv_heads=kv_heads, query_blocks=query_blocks,
+                    key_blocks=key_blocks, head_dim=head_dim, causal=causal, local=local,
+                    past_stride=past_stride, chunk=chunk, interpret=interpret)
+    config = dataclasses.replace(config, **overrides)
+    bad = [f"{name} {getattr(config, name)}" for name in ("tile", "chunk")
+           if getattr(config, name) < 16 or _next_power_of_two(getattr(config, name))
+           != getattr(config, name)]
+    if bad:
+        raise ValueError(f"selection: {' and '.join(bad)} must be a power of two >= 16")
+    return config
 
 
 def _chunks_seen(first_query, config: Config):

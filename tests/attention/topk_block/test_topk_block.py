@@ -146,3 +146,21 @@ def test_pallas_gpu_reasons_on_cpu():
     if not ON_GPU:
         with pytest.raises(attention.NoImplementationError, match="needs a GPU"):
             attention.topk_block(q, k, v, block_size=16, topk=2, implementation="pallas_gpu")
+
+
+def test_selection_tiling_is_tunable():
+    """The selection kernel's tile and key chunk are "pallas_gpu" tuning fields: at 26 key
+    blocks the heuristic streams them in one chunk of 32, a tuned chunk of 16 in two, and
+    the picks stay the reference's; a tuned value reaches the kernel (a bad one is refused
+    there, naming it)."""
+    q, k, v = random_qkv((1, 104, 104, 2, 1, 8))
+    static = dict(block_size=4, topk=5, interpret=True)
+    expected = attention.topk_block(q, k, v, **static, implementation="xla")
+    with attention.tuning("topk_block", "pallas_gpu", select_chunk=16, select_tile=32), \
+            attention.dispatch_log() as log:
+        out = attention.topk_block(q, k, v, **static, implementation="pallas_gpu")
+    assert (log[0].config.select_chunk, log[0].config.select_tile) == (16, 32)
+    assert relative_error(out, expected) < 1e-5
+    with attention.tuning("topk_block", "pallas_gpu", select_chunk=24), \
+            pytest.raises(ValueError, match="selection: chunk 24 must be a power of two"):
+        attention.topk_block(q, k, v, **static, implementation="pallas_gpu")

@@ -99,6 +99,17 @@ def test_tiling_errors_name_the_field():
         gpu.make_config(16, 4, 2, 2, 64, 64, 16, summary_tokens=2, causal=True)
 
 
+def test_backward_warps_follow_the_block_size():
+    """8 warps in dQ and dK/dV at B = 128 (ASA's block, where they were measured), 4 in
+    the forward and at smaller blocks; each kernel kind gets its own launch parameters."""
+    asa_like = gpu.make_config(128, 4, 6, 6, 1024, 1024, 64)
+    assert asa_like.compiler_params(backward=True).num_warps == 8
+    assert asa_like.compiler_params().num_warps == 4
+    assert gpu.make_config(64, 4, 6, 6, 1024, 1024, 64).backward_num_warps == 4
+    tuned = gpu.make_config(128, 4, 6, 6, 1024, 1024, 64, backward_num_warps=2)
+    assert tuned.compiler_params(1, backward=True).num_warps == 2
+
+
 def dense_with_summary(q, k, v, mask, summary: Summary):
     """Dense softmax over the masked keys and every summary token (its bias added)."""
     heads, kv_heads = q.shape[2], k.shape[2]
