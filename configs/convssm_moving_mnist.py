@@ -79,6 +79,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.keep_checkpoints = 3
     config.distributed = False
     config.nonfinite = "stop"
+    config.init_from = ""  # a training workdir to fine-tune from (its EMA weights)
 
     data = {"digits": options["digits"], "frames": options["frames"]}
     if full_size:

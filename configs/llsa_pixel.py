@@ -94,6 +94,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.keep_checkpoints = 3
     config.distributed = False
     config.nonfinite = "stop"  # or "skip": what a NaN / inf loss or gradient does
+    config.init_from = ""  # a training workdir to fine-tune from (its EMA weights)
 
     config.data = ml_collections.ConfigDict()
     config.data.name = options["data"]

@@ -96,6 +96,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.keep_checkpoints = 3
     config.distributed = False
     config.nonfinite = "stop"
+    config.init_from = ""  # a training workdir to fine-tune from (its EMA weights)
 
     def source(split: str) -> ml_collections.ConfigDict:
         kwargs = {"split": split, "sequence_length": context, "document_masking": True}

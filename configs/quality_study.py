@@ -46,10 +46,20 @@ Arguments, `configs/quality_study.py:key=value,...`:
   variant=<one of the above>   (default llsa)
   data=openmoji|fashion_mnist  (default openmoji; 4,495 colour emoji, all of them trained on
                                and all of them FID's reference)
-  res=64|128                   image side; N = res² pixel tokens
+  res=32|64|128                image side; N = res² pixel tokens (32: a pre-training run)
   batch=32, steps=1200         the recipe's batch and training steps (every variant of one
                                study must share them; the table records both per row)
   fid=2000                     samples (and real images) of the final FID/KID; 0: none
+  init=<workdir>               fine-tune from that run's EMA weights (`config.init_from`),
+                               as LLSA trains FFHQ-128 from a dense FFHQ-32 model; the
+                               workdirs are then <data><res>ft_<variant>, and the table
+                               compares only runs from the same pre-training run's name
+Fine-tuned 128² study (one machine; the pre-training run is 2 minutes, so each GPU session
+re-trains it, deterministic up to the GPU's reduction order):
+    bash scripts/run_quality_study.sh -o ROOT -a res=32,batch=64,steps=1200,fid=0 dense
+    mv ROOT/openmoji32_dense ROOT/pretrain32
+    bash scripts/run_quality_study.sh -j 2 -o ROOT \
+        -a res=128,batch=16,steps=600,fid=0,init=ROOT/pretrain32 dense llsa llsa_topk
 Recipe, the same for every variant: DiT-S, bf16, batch 32, AdamW lr 3e-4 with 100 warm-up
 steps, EMA as llsa_pixel, 1,200 steps at 64² and 128² (`batch=`, `steps=` to change),
 checkpoints every 200 steps, one evaluation at the end (sample grid, FID and KID in the
@@ -65,7 +75,7 @@ import ml_collections
 from configs import common, llsa_pixel
 
 DEFAULTS = {"variant": "llsa", "data": "openmoji", "res": 64, "batch": 32, "steps": 1200,
-            "fid": 2000}
+            "fid": 2000, "init": ""}
 # variant -> (op, keyword arguments over the op's defaults)
 VARIANTS = {
     "dense": ("dense", {}),
@@ -81,7 +91,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     options = common.parse(arg, DEFAULTS)
     common.choose("variant", options["variant"], VARIANTS)
     common.choose("data", options["data"], ("openmoji", "fashion_mnist"))
-    common.choose("res", options["res"], (64, 128))
+    common.choose("res", options["res"], (32, 64, 128))
     for key in ("batch", "steps"):
         if options[key] < 1:
             raise ValueError(f"{key}={options[key]}: must be at least 1")
@@ -104,5 +114,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval_every = config.get_ref("total_steps")  # follows --config.total_steps
     config.objective.fid_count = options["fid"]
     config.objective.fid_batch_size = 200
-    config.study = ml_collections.ConfigDict({"variant": options["variant"]})
+    # init=<workdir>: fine-tune from that run's EMA weights (`config.init_from`); the table
+    # only compares runs started from the same kind of run (`study.pretrained`)
+    config.init_from = options["init"]
+    config.study = ml_collections.ConfigDict({
+        "variant": options["variant"],
+        "pretrained": options["init"].rstrip("/").rsplit("/", 1)[-1] or None})
     return config

@@ -44,7 +44,7 @@ flags.DEFINE_string("note", "", "a sentence stored with the table (how the runs 
 # --workdirs is checked in main, not marked required (as in experiments.evaluate): tests
 # import this module into processes that parse the global flags for other tools.
 FLAGS = flags.FLAGS
-RECIPE = ("dataset", "resolution", "batch_size", "total_steps")  # equal in one study
+RECIPE = ("dataset", "resolution", "pretrained", "batch_size", "total_steps")  # one study
 
 def main(argv) -> None:
     del argv
@@ -66,7 +66,8 @@ def main(argv) -> None:
     recipes = {tuple(row[key] for key in RECIPE) for row in rows.values()}
     if len(recipes) > 1:
         raise app.UsageError(f"the runs do not share one recipe ({', '.join(RECIPE)}): "
-                             f"{sorted(recipes)}; a study compares equal steps and batch")
+                             f"{sorted(map(str, recipes))}; a study compares equal steps and "
+                             f"batch from the same start")
     dense = rows.get("dense", {})
     for row in rows.values():
         for key in ("fid", "kid_mean"):

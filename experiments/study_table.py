@@ -57,6 +57,7 @@ def run_row(workdir: pathlib.Path) -> dict:
            "attention_kwargs": config["model"]["attention_kwargs"],
            "workdir": str(workdir), "dataset": config["data"]["name"],
            "resolution": config["data"]["kwargs"]["resolution"],
+           "pretrained": config["study"].get("pretrained"),
            "batch_size": config["batch_size"], "trained_steps": steps,
            "total_steps": config["total_steps"],
            "loss_last": statistics.fmean(losses[-LAST_LOSSES:]) if losses else None,

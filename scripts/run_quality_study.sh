@@ -40,9 +40,11 @@ for variant in "${variants[@]}"; do
     exit 2
   fi
 done
-# the workdirs' prefix, e.g. openmoji64, from the config the arguments give
+# the workdirs' prefix, e.g. openmoji64 (openmoji128ft with init=...), from the config the
+# arguments give
 prefix=$("$python" -c 'import sys; from configs import quality_study as s
-c = s.get_config(sys.argv[1]); print(f"{c.data.name}{c.data.kwargs.resolution}")' "$args")
+c = s.get_config(sys.argv[1])
+print(c.data.name + str(c.data.kwargs.resolution) + ("ft" if c.init_from else ""))' "$args")
 export PREFIX="$prefix" ARGS="${args:+,$args}"
 mkdir -p "$root"
 

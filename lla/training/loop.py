@@ -30,6 +30,13 @@ continues exactly as an uninterrupted run would. Around that:
     (`Preempted`); a second SIGINT stops at once;
   - a non-finite loss or gradient stops the run before anything non-finite is saved
     (`NonFiniteLossError`), or with `config.nonfinite = "skip"` skips those updates.
+
+Fine-tuning: `config.init_from` = another training workdir starts a run that has no
+checkpoint of its own from the EMA weights of that workdir's newest checkpoint (as params
+and EMA; step 0, a fresh optimizer state, the data from its first batch), as LLSA trains its
+128² model from a 32² one. The saved state must have this run's shapes (same model
+parameters and optimizer; the attention op, resolution and token count may differ); once
+the run has a checkpoint, it resumes from it and `init_from` is not read again.
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ from lla import data
 from lla.data.imaging import save_png
 from lla.training import sharding
 from lla.training import workdir as workdirs
-from lla.training.checkpoint import Checkpointer
+from lla.training.checkpoint import Checkpointer, CheckpointMismatchError
 from lla.training.experiment import Experiment, upgrade_config
 from lla.training.metrics import MetricWriter
 
@@ -77,6 +84,44 @@ class NonFiniteLossError(FloatingPointError):
 
 def _config_dict(config: ml_collections.ConfigDict) -> dict:
     return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def _init_source(config: ml_collections.ConfigDict, workdir: pathlib.Path
+                 ) -> Checkpointer | None:
+    """The checkpoints `config.init_from` names when this run starts from scratch (the
+    workdir holds no checkpoint), else None; ConfigError, saying what would work, when it
+    names no training workdir with a checkpoint."""
+    source = config.get("init_from") or ""
+    if not isinstance(source, str):
+        raise ConfigError(f"config.init_from must be a training workdir (a path) or ''; got "
+                          f"{source!r}")
+    if not source or any(path.name.isdigit() for path in (workdir / "checkpoints").glob("*")):
+        return None
+    source = pathlib.Path(source)
+    if source.absolute() == workdir.absolute():
+        raise ConfigError(f"config.init_from is this run's own workdir {workdir}; give the "
+                          f"workdir of the run to start from")
+    checkpoints = source / "checkpoints"
+    checkpointer = Checkpointer(source, moves_files=False) if checkpoints.is_dir() else None
+    if checkpointer is None or checkpointer.latest_step() is None:
+        raise ConfigError(f"config.init_from={str(source)!r}: no checkpoint in {checkpoints}; "
+                          f"give the workdir of a run that saved one (or '' to start from "
+                          f"a fresh initialisation)")
+    return checkpointer
+
+
+def _initialised_from(source: Checkpointer, state):
+    """`state` (step 0) with params and EMA set to the EMA weights of `source`'s newest
+    checkpoint, read into `state`'s shardings; ConfigError when its model differs."""
+    try:
+        step, saved, _ = source.restore_latest(state)
+    except CheckpointMismatchError as error:
+        raise ConfigError(f"config.init_from: {source.workdir} holds another model or "
+                          f"optimizer ({error}); init_from needs the same parameter and "
+                          f"optimizer-state shapes") from error
+    print(f"initialised from {source.directory}/{step} (its EMA weights), step 0")
+    return state.replace(params=saved.ema_params,
+                         ema_params=jax.tree.map(jnp.copy, saved.ema_params))
 
 
 def _check_resume_config(workdir: pathlib.Path, config: dict, step: int,
@@ -181,6 +226,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
     except ValueError as error:
         raise ConfigError(str(error)) from error
     workdir = pathlib.Path(workdir)
+    init_source = _init_source(config, workdir)
     created = not workdir.exists()
     workdir.mkdir(parents=True, exist_ok=True)
     is_chief = jax.process_index() == 0
@@ -215,6 +261,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
             start, state, meta = restored
             assert meta["data_step"] == start == int(state.step), (meta, start, state.step)
             print(f"resumed from {checkpointer.directory}/{start}")
+        elif init_source is not None:
+            state = _initialised_from(init_source, state)
         kept = None
         if restore_step is not None and is_chief:
             kept = checkpointer.move_aside_after(restore_step)
@@ -242,7 +290,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
                          mesh, config, workdir, checkpointer, writer, evaluate, progress,
                          experiment.tokens_per_step(), stops)
     finally:
-        for closable in (progress, checkpointer, writer):
+        for closable in (progress, checkpointer, init_source, writer):
             if closable is not None:
                 if closable is checkpointer:
                     checkpointer.wait()

@@ -39,11 +39,15 @@ def test_every_variant_shares_one_recipe():
     smaller = quality_study.get_config("variant=llsa,res=128,batch=16,steps=900,fid=1000")
     assert (smaller.batch_size, smaller.total_steps, smaller.eval_every) == (16, 900, 900)
     assert smaller.objective.fid_count == 1000
+    assert (smaller.init_from, smaller.study.pretrained) == ("", None)
+    tuned = quality_study.get_config("variant=llsa,res=128,init=/root/study/pretrain32/")
+    assert (tuned.init_from, tuned.study.pretrained) == ("/root/study/pretrain32/",
+                                                         "pretrain32")
 
 
 @pytest.mark.parametrize(("arg", "message"), [
     ("variant=full", "variant=full: choose one of dense, topk, llsa_topk"),
-    ("res=256", "res=256: choose one of 64, 128"),
+    ("res=256", "res=256: choose one of 32, 64, 128"),
     ("data=procedural", "data=procedural: choose one of openmoji, fashion_mnist"),
     ("batch=0", "batch=0: must be at least 1"),
     ("fid=1", r"fid=1: use 0 \(no FID\) or at least 2"),

@@ -99,6 +99,13 @@ def test_refuses_runs_of_different_recipes(tmp_path):
     make_run(tmp_path, "llsa", 21.0, recipe=",batch=16")
     done = collect(f"--workdirs={tmp_path / 'run_*'}", f"--results_dir={tmp_path / 'o'}")
     assert done.returncode != 0
-    assert "do not share one recipe (dataset, resolution, batch_size, total_steps)" in \
-        done.stderr
+    assert "do not share one recipe (dataset, resolution, pretrained, batch_size, " \
+        "total_steps)" in done.stderr
     assert "16" in done.stderr and "32" in done.stderr
+
+
+def test_refuses_fine_tuned_and_scratch_runs_in_one_table(tmp_path):
+    make_run(tmp_path, "dense", 20.0, recipe=",init=/runs/pretrain32")
+    make_run(tmp_path, "llsa", 21.0)
+    done = collect(f"--workdirs={tmp_path / 'run_*'}", f"--results_dir={tmp_path / 'o'}")
+    assert done.returncode != 0 and "pretrain32" in done.stderr and "None" in done.stderr
