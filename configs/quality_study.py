@@ -53,13 +53,13 @@ Arguments, `configs/quality_study.py:key=value,...`:
   init=<workdir>               fine-tune from that run's EMA weights (`config.init_from`),
                                as LLSA trains FFHQ-128 from a dense FFHQ-32 model; the
                                workdirs are then <data><res>ft_<variant>, and the table
-                               compares only runs from the same pre-training run's name
-Fine-tuned 128² study (one machine; the pre-training run is 2 minutes, so each GPU session
-re-trains it, deterministic up to the GPU's reduction order):
+                               compares only runs from one pre-training workdir name
+Fine-tuned 128² study (one machine: checkpoints do not travel between GPU sessions, so each
+session re-trains the short 32² run, same seed; how closely two such runs agree is not yet
+measured):
     bash scripts/run_quality_study.sh -o ROOT -a res=32,batch=64,steps=1200,fid=0 dense
-    mv ROOT/openmoji32_dense ROOT/pretrain32
     bash scripts/run_quality_study.sh -j 2 -o ROOT \
-        -a res=128,batch=16,steps=600,fid=0,init=ROOT/pretrain32 dense llsa llsa_topk
+        -a res=128,batch=16,steps=600,init=ROOT/openmoji32_dense dense llsa llsa_topk
 Recipe, the same for every variant: DiT-S, bf16, batch 32, AdamW lr 3e-4 with 100 warm-up
 steps, EMA as llsa_pixel, 1,200 steps at 64² and 128² (`batch=`, `steps=` to change),
 checkpoints every 200 steps, one evaluation at the end (sample grid, FID and KID in the
@@ -114,10 +114,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval_every = config.get_ref("total_steps")  # follows --config.total_steps
     config.objective.fid_count = options["fid"]
     config.objective.fid_batch_size = 200
-    # init=<workdir>: fine-tune from that run's EMA weights (`config.init_from`); the table
-    # only compares runs started from the same kind of run (`study.pretrained`)
+    # init=<workdir>: fine-tune from that run's EMA weights; the table compares only runs
+    # started from workdirs of one name (its `pretrained` column)
     config.init_from = options["init"]
-    config.study = ml_collections.ConfigDict({
-        "variant": options["variant"],
-        "pretrained": options["init"].rstrip("/").rsplit("/", 1)[-1] or None})
+    config.study = ml_collections.ConfigDict({"variant": options["variant"]})
     return config

@@ -14,7 +14,8 @@ relative to dense, the paper's checks) and `<name>.png` (FID bars with KID and i
 the final sample grid of each run beside its bar), and copies each run's final grid as
 `<name>_<variant>.png`.
 
-The runs must share one recipe (data, resolution, batch and steps); runs of several
+The runs must share one recipe (data, resolution, start, batch and steps: a fine-tuned
+run's start is the name of the workdir it started from, `init=`); runs of several
 rounds of it can make one table. The checks are the study's acceptance (issue 16): LLSA's
 FID within 10 % of dense, and LLSA Table 1a's ordering over its L = 2 column (selection
 only worst, full LLSA best of `llsa_topk`, `llsa_enrich`, `llsa`), with single-level `topk`

@@ -40,7 +40,8 @@ def logged_evaluation(logged: list[dict], config: dict) -> dict | None:
 
 
 def run_row(workdir: pathlib.Path) -> dict:
-    """One table row of a study workdir: variant, op and kwargs, loss (mean of the last
+    """One table row of a study workdir: variant, op and kwargs, the name of the workdir it
+    was fine-tuned from (`pretrained`, `config.init_from`; None), loss (mean of the last
     LAST_LOSSES logged), median steps/s and images/s, the last sample grid, and the scores of
     its newest evaluation record (latest step, then most samples) or else of its own logged
     FID."""
@@ -57,7 +58,7 @@ def run_row(workdir: pathlib.Path) -> dict:
            "attention_kwargs": config["model"]["attention_kwargs"],
            "workdir": str(workdir), "dataset": config["data"]["name"],
            "resolution": config["data"]["kwargs"]["resolution"],
-           "pretrained": config["study"].get("pretrained"),
+           "pretrained": pathlib.PurePath(config.get("init_from") or "").name or None,
            "batch_size": config["batch_size"], "trained_steps": steps,
            "total_steps": config["total_steps"],
            "loss_last": statistics.fmean(losses[-LAST_LOSSES:]) if losses else None,

@@ -75,16 +75,22 @@ def _shapes(tree) -> dict[str, tuple]:
 class Checkpointer:
     """Saves and restores (state, meta) pairs; meta is a small JSON dict (e.g. data step)."""
 
-    def __init__(self, workdir: str | os.PathLike, *, keep: int = 3, moves_files: bool = True):
+    def __init__(self, workdir: str | os.PathLike, *, keep: int = 3, moves_files: bool = True,
+                 read_only: bool = False):
         """`moves_files`: this process moves damaged or superseded checkpoints (only one
-        process of a multi-host run should; the others re-read the folder)."""
+        process of a multi-host run should; the others re-read the folder). `read_only`:
+        another run's checkpoints, only read (nothing created, saved, deleted or moved)."""
         self.workdir = pathlib.Path(workdir).absolute()
-        self.moves_files = moves_files
+        self.moves_files = moves_files and not read_only
         self.directory = self.workdir / "checkpoints"
-        self._manager = ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-            item_handlers={"state": ocp.StandardCheckpointHandler(),
-                           "meta": ocp.JsonCheckpointHandler()})
+        options = (ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                                save_interval_steps=0) if read_only
+                   else ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        with _quiet_storage_logs() if read_only else contextlib.nullcontext():
+            self._manager = ocp.CheckpointManager(  # read-only: Orbax says so in a warning
+                self.directory, options=options,
+                item_handlers={"state": ocp.StandardCheckpointHandler(),
+                               "meta": ocp.JsonCheckpointHandler()})
 
     def steps(self) -> list[int]:
         """The complete checkpoints' steps, ascending."""

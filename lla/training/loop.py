@@ -86,39 +86,51 @@ def _config_dict(config: ml_collections.ConfigDict) -> dict:
     return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
-def _init_source(config: ml_collections.ConfigDict, workdir: pathlib.Path
+def _latest_step(workdir: pathlib.Path) -> int | None:
+    """The newest complete checkpoint of `workdir` (Orbax's view), read without writing."""
+    if not (workdir / "checkpoints").is_dir():
+        return None
+    checkpointer = Checkpointer(workdir, read_only=True)
+    try:
+        return checkpointer.latest_step()
+    finally:
+        checkpointer.close()
+
+
+def _init_source(config: ml_collections.ConfigDict, workdir: pathlib.Path, restart: bool
                  ) -> Checkpointer | None:
-    """The checkpoints `config.init_from` names when this run starts from scratch (the
-    workdir holds no checkpoint), else None; ConfigError, saying what would work, when it
-    names no training workdir with a checkpoint."""
+    """The checkpoints (read-only) `config.init_from` names when this run starts from
+    scratch (`restart`, or the workdir holds no checkpoint), else None; ConfigError, saying
+    what would work, when it names no training workdir with a checkpoint."""
     source = config.get("init_from") or ""
     if not isinstance(source, str):
         raise ConfigError(f"config.init_from must be a training workdir (a path) or ''; got "
                           f"{source!r}")
-    if not source or any(path.name.isdigit() for path in (workdir / "checkpoints").glob("*")):
+    if not source or (not restart and _latest_step(workdir) is not None):
         return None
     source = pathlib.Path(source)
     if source.absolute() == workdir.absolute():
         raise ConfigError(f"config.init_from is this run's own workdir {workdir}; give the "
                           f"workdir of the run to start from")
-    checkpoints = source / "checkpoints"
-    checkpointer = Checkpointer(source, moves_files=False) if checkpoints.is_dir() else None
-    if checkpointer is None or checkpointer.latest_step() is None:
-        raise ConfigError(f"config.init_from={str(source)!r}: no checkpoint in {checkpoints}; "
-                          f"give the workdir of a run that saved one (or '' to start from "
-                          f"a fresh initialisation)")
-    return checkpointer
+    if _latest_step(source) is None:
+        raise ConfigError(f"config.init_from={str(source)!r}: no checkpoint in "
+                          f"{source / 'checkpoints'}; give the workdir of a run that saved "
+                          f"one (or '' to start from a fresh initialisation)")
+    return Checkpointer(source, read_only=True)
 
 
 def _initialised_from(source: Checkpointer, state):
     """`state` (step 0) with params and EMA set to the EMA weights of `source`'s newest
-    checkpoint, read into `state`'s shardings; ConfigError when its model differs."""
+    checkpoint, read into `state`'s shardings; closes `source`. ConfigError when that
+    checkpoint's state has other arrays (another model or optimizer)."""
     try:
         step, saved, _ = source.restore_latest(state)
     except CheckpointMismatchError as error:
         raise ConfigError(f"config.init_from: {source.workdir} holds another model or "
                           f"optimizer ({error}); init_from needs the same parameter and "
                           f"optimizer-state shapes") from error
+    finally:
+        source.close()
     print(f"initialised from {source.directory}/{step} (its EMA weights), step 0")
     return state.replace(params=saved.ema_params,
                          ema_params=jax.tree.map(jnp.copy, saved.ema_params))
@@ -226,7 +238,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
     except ValueError as error:
         raise ConfigError(str(error)) from error
     workdir = pathlib.Path(workdir)
-    init_source = _init_source(config, workdir)
+    init_source = _init_source(config, workdir, restart)
     created = not workdir.exists()
     workdir.mkdir(parents=True, exist_ok=True)
     is_chief = jax.process_index() == 0
@@ -237,6 +249,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
             lock.acquire()  # before touching the device: a second trainer leaves at once
         try:
             state = experiment.initial_state(mesh)  # traces the model: bad attention args
+            if init_source is not None:  # this run has no checkpoint to resume
+                state, init_source = _initialised_from(init_source, state), None
         except (ValueError, KeyError) as error:
             lock.release()
             if created and not any(workdir.iterdir()):
@@ -261,8 +275,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
             start, state, meta = restored
             assert meta["data_step"] == start == int(state.step), (meta, start, state.step)
             print(f"resumed from {checkpointer.directory}/{start}")
-        elif init_source is not None:
-            state = _initialised_from(init_source, state)
         kept = None
         if restore_step is not None and is_chief:
             kept = checkpointer.move_aside_after(restore_step)

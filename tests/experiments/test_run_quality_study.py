@@ -84,7 +84,7 @@ def test_retries_a_crashed_run_skips_finished_ones_and_writes_the_table(fake_pyt
     assert calls == {"dense": ["variant=dense,res=128"],
                      "topk": ["variant=topk,res=128"] * 2,  # crashed once, resumed once
                      "llsa": ["variant=llsa,res=128"]}
-    assert "try 2 of 3" in (root / "topk.log").read_text()
+    assert "try 2 of 3" in (root / "openmoji128_topk.log").read_text()
     table = json.loads((results / "cpu" / "quality_study_openmoji128.json").read_text())
     assert [(row["variant"], row["fid"]) for row in table["rows"]] == [
         ("dense", 100.0), ("topk", 130.0), ("llsa", 104.0)]
@@ -99,7 +99,7 @@ def test_a_run_failing_every_try_stops_the_table_and_says_so(fake_python, tmp_pa
                      TRIES="2")
     assert done.returncode == 1
     assert "llsa failed 2 times" in done.stderr and "no table written" in done.stderr
-    assert (root / "llsa.status").read_text().strip() == "failed"
+    assert (root / "openmoji64_llsa.status").read_text().strip() == "failed"
     assert len((root / "openmoji64_llsa" / "calls").read_text().splitlines()) == 2
     assert not results.exists()
 
@@ -108,3 +108,19 @@ def test_refuses_an_unknown_variant(fake_python, tmp_path):
     done = run_study(fake_python, tmp_path / "runs", tmp_path / "results", "llsa", "flash")
     assert done.returncode == 2
     assert "unknown variant 'flash'" in done.stderr and "neighborhood" in done.stderr
+
+
+def test_pretraining_then_fine_tuning_in_one_root(fake_python, tmp_path):
+    """The fine-tuned dense run is not skipped for the pre-training run's "ok" (status files
+    are per workdir), a fid=0 call writes no table, and the fine-tuned table is its own."""
+    root, results = tmp_path / "runs", tmp_path / "results"
+    pre = run_study(fake_python, root, results, "-a", "res=32,fid=0", "dense")
+    assert pre.returncode == 0, pre.stderr
+    assert "fid=0, so no table" in pre.stdout and not results.exists()
+    tuned = run_study(fake_python, root, results, "-a",
+                      f"res=128,init={root / 'openmoji32_dense'}", "dense", "llsa")
+    assert tuned.returncode == 0, tuned.stderr
+    assert (root / "openmoji128ft_dense" / "calls").exists()
+    table = json.loads((results / "cpu" / "quality_study_openmoji128ft.json").read_text())
+    assert [(row["variant"], row["pretrained"]) for row in table["rows"]] == [
+        ("dense", "openmoji32_dense"), ("llsa", "openmoji32_dense")]

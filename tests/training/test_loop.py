@@ -106,21 +106,28 @@ def test_four_devices_match_one_device(tmp_path):
 
 
 def test_init_from_starts_from_another_runs_ema_then_resumes_its_own(tmp_path):
-    """A run with `init_from` and no checkpoint of its own starts at step 0 from the source's
-    EMA weights (learning rate 0 keeps them, so they come out as they went in), with another
-    attention op; once it has a checkpoint it resumes from that and never reads the source
-    again (here deleted)."""
+    """A run with `init_from` and no checkpoint of its own (or with --restart) starts at step
+    0 from the source's EMA weights, as params and EMA (learning rate 0 keeps them, so they
+    come out as they went in), with another attention op; once it has a checkpoint it
+    resumes from that and never reads the source again (here deleted)."""
     source = loop.train(small_config(total_steps=2, checkpoint_every=2), tmp_path / "a")
+    assert not all(np.array_equal(a, b) for a, b in zip(
+        jax.tree.leaves(source.params), jax.tree.leaves(source.ema_params), strict=True))
     config = small_config(total_steps=1, checkpoint_every=1, init_from=str(tmp_path / "a"))
     config.model.attention, config.model.attention_kwargs = "dense", {}
     config.optimizer.learning_rate = 0.0
-    tuned = loop.train(config, tmp_path / "b")
-    assert int(tuned.step) == 1
-    for got, want in zip(jax.tree.leaves(tuned.params), jax.tree.leaves(source.ema_params),
-                         strict=True):
-        np.testing.assert_array_equal(got, want)
-    assert not all(np.array_equal(a, b) for a, b in zip(
-        jax.tree.leaves(source.params), jax.tree.leaves(source.ema_params), strict=True))
+
+    def assert_started_from_source(state):
+        assert int(state.step) == 1
+        for tree in (state.params, state.ema_params):
+            for got, want in zip(jax.tree.leaves(tree), jax.tree.leaves(source.ema_params),
+                                 strict=True):
+                np.testing.assert_array_equal(got, want)
+
+    assert_started_from_source(loop.train(config, tmp_path / "b"))
+    scratch = small_config(total_steps=1, checkpoint_every=1)
+    loop.train(scratch, tmp_path / "c")  # a run of its own, then --restart with init_from
+    assert_started_from_source(loop.train(config, tmp_path / "c", restart=True))
     for path in sorted((tmp_path / "a").rglob("*"), reverse=True):
         path.unlink() if path.is_file() else path.rmdir()
     config.total_steps = 2
@@ -128,12 +135,17 @@ def test_init_from_starts_from_another_runs_ema_then_resumes_its_own(tmp_path):
 
 
 def test_init_from_errors_say_what_would_work(tmp_path):
+    """A source without checkpoints and one of another model are refused before anything
+    is left in the new workdir; the source is only read."""
     (tmp_path / "empty").mkdir()
     with pytest.raises(loop.ConfigError, match=r"init_from='.*empty': no checkpoint in"):
         loop.train(small_config(init_from=str(tmp_path / "empty")), tmp_path / "new")
-    assert not (tmp_path / "new").exists()
+    assert not (tmp_path / "new").exists() and not any((tmp_path / "empty").iterdir())
     loop.train(small_config(total_steps=1, checkpoint_every=1), tmp_path / "a")
+    before = sorted(str(path) for path in (tmp_path / "a").rglob("*"))
     deeper = small_config(total_steps=1, init_from=str(tmp_path / "a"))
     deeper.model.depth = 3  # the tiny preset has 2 blocks
     with pytest.raises(loop.ConfigError, match="holds another model or optimizer"):
         loop.train(deeper, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+    assert sorted(str(path) for path in (tmp_path / "a").rglob("*")) == before

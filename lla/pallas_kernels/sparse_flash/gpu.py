@@ -64,9 +64,10 @@ class Config(HeadRows):
     summary_tile: int = 1  # summary tokens per tile (divides S)
     summary_splits: int = 1  # query splits of the summary dK/dV (divides nQ)
     num_warps: int = 4  # forward and summary dK/dV
-    # dQ and dK/dV: 8 at block 128 (`make_config`; ASA at [1, 65536, 6, 64] on an H200,
-    # tune_asa_dit256_warps.json: fwd+bwd 65.7 -> 49.3 ms, while 8 forward warps cost
-    # 13.0 -> 14.7 ms)
+    # dQ and dK/dV: 8 at block >= 128 (`make_config`). Measured with 8 warps in every kernel,
+    # ASA (block 128) at [1, 65536, 6, 64] on an H200, tune_asa_dit256_warps.json: fwd+bwd
+    # 65.7 -> 49.3 ms, the forward 13.0 -> 14.7 ms; this split (forward 4, backward 8) and
+    # blocks above 128 are not measured yet
     backward_num_warps: int = 4
     num_stages: int = 2
     # The dQ kernel runs unpipelined: with num_warps 4 and two stages its results on an H200
