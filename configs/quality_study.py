@@ -111,7 +111,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optimizer.warmup_steps = 100
     config.log_every = 50
     config.checkpoint_every = 200
-    config.eval_every = config.get_ref("total_steps")  # follows --config.total_steps
+    # follows --config.total_steps; a derived reference, so that --config.eval_every=N
+    # replaces it instead of setting total_steps to N
+    config.eval_every = config.get_ref("total_steps") + 0
     config.objective.fid_count = options["fid"]
     config.objective.fid_batch_size = 200
     # init=<workdir>: fine-tune from that run's EMA weights; the table compares only runs

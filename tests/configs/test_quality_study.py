@@ -34,6 +34,8 @@ def test_every_variant_shares_one_recipe():
     assert config.objective.fid_count == 2000 and config.eval_every == 1200
     config.total_steps = 3000  # as --config.total_steps=3000 does: the one evaluation moves
     assert config.copy_and_resolve_references().eval_every == 3000
+    config.eval_every = 0  # as --config.eval_every=0 does: no evaluation, steps unchanged
+    assert (config.total_steps, config.eval_every) == (3000, 0)
     fashion = quality_study.get_config("variant=dense,data=fashion_mnist,res=128")
     assert (fashion.data.name, fashion.data.kwargs.resolution) == ("fashion_mnist", 128)
     smaller = quality_study.get_config("variant=llsa,res=128,batch=16,steps=900,fid=1000")
