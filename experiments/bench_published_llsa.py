@@ -15,9 +15,10 @@ autograd Function for L = 2 (or 1) with top-K at every level, token weights B an
 are standard-normal bf16 on the GPU; forward+backward is that call plus `backward` of a
 random cotangent. Each figure is the median of `triton.testing.do_bench` (warm-up included).
 
---check writes one call at `CHECK_SHAPE` (q, k, v and the output, float32 [B, N, H, D]) to
-an npz; --compare loads it, runs lla's "xla" reference (float32) on the same inputs, and
-adds the relative error to the results JSON as its gate (bound `GATE_BOUND`; bf16 kernels).
+--check writes one call at `published_llsa.CHECK_SHAPE` (q, k, v and the output, float32
+[B, N, H, D]) to an npz; --compare loads it, runs lla's "xla" reference (float32) on the
+same inputs, and adds the relative error to the results JSON as its gate (bound
+`published_llsa.GATE_BOUND`; bf16 kernels).
 Results: `<results_dir>/<device>/<name>.json`, rows of shape, fwd_s, fwd_bwd_s.
 """
 
@@ -31,6 +32,7 @@ import sys
 from absl import app, flags
 
 from experiments.benchmarking import device_slug, parse_shape
+from experiments.published_llsa import CHECK_SHAPE, gate, published_call, time_one
 
 flags.DEFINE_string("published_src", None, "the published repository's src/ folder (holds "
                     "llsa/kernel/)")
@@ -45,48 +47,6 @@ flags.DEFINE_string("compare", None, "gate: compare this npz against lla's refer
 flags.DEFINE_string("results_dir", "experiments/results", "results root; <device>/ is added")
 flags.DEFINE_string("name", "published_llsa", "results file name")
 FLAGS = flags.FLAGS
-
-CHECK_SHAPE = (1, 4096, 2, 64)  # [B, N, H, D]: L = 2 has 16 coarsest tokens at B = 16
-GATE_BOUND = 0.03
-
-
-def published_call(kernel, levels: int, topk: int, block_size: int):
-    """q, k, v [B, H, N, D] -> out [B, H, N, D] through the published kernels (`kernel`: its
-    imported `llsa.kernel` package)."""
-    pool = kernel.triton.mean_pool.mean_pool1d
-    if levels == 1:
-        op = kernel.torch_op.flash_sparse_attention_res_1.flash_sparse_residual_attention_l1_op
-
-        def call(q, k, v):
-            return op(q, k, v, pool(q, block_size), pool(k, block_size), pool(v, block_size),
-                      topk, block_size, block_size)
-        return call
-    op = kernel.torch_op.flash_sparse_attention_res_2.flash_sparse_residual_attention_l2_op
-
-    def call(q, k, v):
-        pooled = [pool(x, block_size) for x in (q, k, v)]
-        coarsest = [pool(x, block_size) for x in pooled]
-        return op(q, k, v, *pooled, *coarsest, topk, topk, block_size, block_size ** 2,
-                  block_size)
-    return call
-
-
-def _time_one(call, shape, torch, triton) -> tuple[float, float]:
-    """Median ms of `call` forward, and forward plus backward, at `shape` [B, N, H, D]."""
-    batch, tokens, heads, dim = shape
-    generator = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v, cotangent = (torch.randn(batch, heads, tokens, dim, generator=generator,
-                                      device="cuda", dtype=torch.bfloat16) for _ in range(4))
-    fwd_ms = triton.testing.do_bench(lambda: call(q, k, v), return_mode="median")
-    leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
-
-    def forward_backward():
-        for leaf in leaves:
-            leaf.grad = None
-        call(*leaves).backward(cotangent)
-
-    return fwd_ms, triton.testing.do_bench(forward_backward, return_mode="median")
-
 
 def time_published(shapes) -> tuple[list[dict], dict]:
     """(rows, environment) for the published kernels at `shapes` ([B, N, H, D] each)."""
@@ -103,7 +63,7 @@ def time_published(shapes) -> tuple[list[dict], dict]:
     call = published_call(kernel, FLAGS.levels, FLAGS.topk, FLAGS.block_size)
     rows = []
     for shape in shapes:
-        fwd_ms, fwd_bwd_ms = _time_one(call, shape, torch, triton)
+        fwd_ms, fwd_bwd_ms = time_one(call, shape, torch, triton)
         rows.append({"shape": list(shape), "fwd_s": fwd_ms / 1e3, "fwd_bwd_s": fwd_bwd_ms / 1e3,
                      "peak_bytes": torch.cuda.max_memory_allocated()})
         print(f"published L={FLAGS.levels} {'x'.join(map(str, shape))}: fwd {fwd_ms:.3f} ms, "
@@ -123,25 +83,6 @@ def time_published(shapes) -> tuple[list[dict], dict]:
                  out=as_numpy(call(q, k, v)))
         print(f"wrote {FLAGS.check}")
     return rows, environment
-
-
-def gate(npz_path: str, levels: int, topk: int, block_size: int) -> dict:
-    """The published output in `npz_path` against lla's "xla" reference, float32."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    import lla.attention as attention
-    from experiments.benchmarking import relative_error
-
-    saved = np.load(npz_path)
-    with jax.default_matmul_precision("highest"):
-        expected = attention.llsa(*(jnp.asarray(saved[x]) for x in "qkv"),
-                                  block_size=block_size, topk=topk, levels=levels,
-                                  implementation="xla")
-    error = float(relative_error(jnp.asarray(saved["out"]), expected))
-    return {"shape": list(saved["q"].shape), "error": error, "bound": GATE_BOUND,
-            "passed": error < GATE_BOUND}
 
 
 def main(argv) -> None:

@@ -1,6 +1,6 @@
-"""experiments/bench_published_llsa.py without torch: the published kernels' call as the
-script composes it (against a stand-in that records its arguments) and the gate against
-lla's reference. Timing the published kernels needs their GPU."""
+"""experiments/published_llsa.py (bench_published_llsa's pieces) without torch: the
+published kernels' call as the script composes it (against a stand-in that records its
+arguments) and the gate against lla's reference. Timing them needs their GPU."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 import lla.attention as attention
-from experiments import bench_published_llsa as bench
+from experiments import published_llsa as bench
 
 
 def stand_in_kernels(calls):
