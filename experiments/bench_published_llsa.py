@@ -48,6 +48,7 @@ flags.DEFINE_string("results_dir", "experiments/results", "results root; <device
 flags.DEFINE_string("name", "published_llsa", "results file name")
 FLAGS = flags.FLAGS
 
+
 def time_published(shapes) -> tuple[list[dict], dict]:
     """(rows, environment) for the published kernels at `shapes` ([B, N, H, D] each)."""
     import importlib

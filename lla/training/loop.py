@@ -112,11 +112,15 @@ def _init_source(config: ml_collections.ConfigDict, workdir: pathlib.Path, resta
     if source.absolute() == workdir.absolute():
         raise ConfigError(f"config.init_from is this run's own workdir {workdir}; give the "
                           f"workdir of the run to start from")
-    if _latest_step(source) is None:
+    checkpointer = (Checkpointer(source, read_only=True)
+                    if (source / "checkpoints").is_dir() else None)
+    if checkpointer is None or checkpointer.latest_step() is None:
+        if checkpointer is not None:
+            checkpointer.close()
         raise ConfigError(f"config.init_from={str(source)!r}: no checkpoint in "
                           f"{source / 'checkpoints'}; give the workdir of a run that saved "
                           f"one (or '' to start from a fresh initialisation)")
-    return Checkpointer(source, read_only=True)
+    return checkpointer
 
 
 def _initialised_from(source: Checkpointer, state):
