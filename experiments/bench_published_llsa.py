@@ -15,10 +15,12 @@ autograd Function for L = 2 (or 1) with top-K at every level, token weights B an
 are standard-normal bf16 on the GPU; forward+backward is that call plus `backward` of a
 random cotangent. Each figure is the median of `triton.testing.do_bench` (warm-up included).
 
---check writes one call at `published_llsa.CHECK_SHAPE` (q, k, v and the output, float32
-[B, N, H, D]) to an npz; --compare loads it, runs lla's "xla" reference (float32) on the
-same inputs, and adds the relative error to the results JSON as its gate (bound
-`published_llsa.GATE_BOUND`; bf16 kernels).
+--check writes one call at `published_llsa.CHECK_SHAPE` to an npz: q, k, v and the output,
+and the published pooled keys and values and picks. --compare loads it and adds
+`published_llsa.gate` to the results JSON: the output against lla's float32 attention over
+the published pooling and picks (the kernels' arithmetic; bound `published_llsa.GATE_BOUND`),
+and, reported beside it, against lla's whole reference with the share of picks both make
+(the published pooling sums in bf16, which flips a few near-tied picks).
 Results: `<results_dir>/<device>/<name>.json`, rows of shape, fwd_s, fwd_bwd_s.
 """
 
@@ -32,7 +34,14 @@ import sys
 from absl import app, flags
 
 from experiments.benchmarking import device_slug, parse_shape
-from experiments.published_llsa import CHECK_SHAPE, gate, published_call, time_one
+from experiments.published_llsa import (
+    CHECK_SHAPE,
+    gate,
+    published_call,
+    published_picks,
+    published_pyramids,
+    time_one,
+)
 
 flags.DEFINE_string("published_src", None, "the published repository's src/ folder (holds "
                     "llsa/kernel/)")
@@ -58,7 +67,7 @@ def time_published(shapes) -> tuple[list[dict], dict]:
 
     sys.path.insert(0, str(pathlib.Path(FLAGS.published_src).resolve()))
     kernel = importlib.import_module("llsa.kernel")
-    for module in ("triton.mean_pool", "torch_op.flash_sparse_attention_res_1",
+    for module in ("triton.mean_pool", "triton.topk", "torch_op.flash_sparse_attention_res_1",
                    "torch_op.flash_sparse_attention_res_2"):
         importlib.import_module(f"llsa.kernel.{module}")
     call = published_call(kernel, FLAGS.levels, FLAGS.topk, FLAGS.block_size)
@@ -80,8 +89,15 @@ def time_published(shapes) -> tuple[list[dict], dict]:
         q, k, v = (torch.randn(batch, heads, tokens, dim, generator=generator, device="cuda",
                                dtype=torch.bfloat16) for _ in range(3))
         as_numpy = lambda x: x.float().transpose(1, 2).cpu().numpy()  # noqa: E731
+        q_pyramid, k_pyramid, v_pyramid = published_pyramids(kernel, q, k, v, FLAGS.levels,
+                                                             FLAGS.block_size)
+        picks = published_picks(kernel, q_pyramid, k_pyramid, FLAGS.levels, FLAGS.topk,
+                                FLAGS.block_size)
         np.savez(FLAGS.check, q=as_numpy(q), k=as_numpy(k), v=as_numpy(v),
-                 out=as_numpy(call(q, k, v)))
+                 out=as_numpy(call(q, k, v)),
+                 **{f"k{level + 1}": as_numpy(x) for level, x in enumerate(k_pyramid)},
+                 **{f"v{level + 1}": as_numpy(x) for level, x in enumerate(v_pyramid)},
+                 **{f"p{level}": x.cpu().numpy() for level, x in picks.items()})
         print(f"wrote {FLAGS.check}")
     return rows, environment
 
